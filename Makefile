@@ -54,7 +54,7 @@ proto-check: $(VENV)/.dev ## Fail if the checked-in stubs differ from what `make
 	$(PY) tools/gen_protos.py --check
 
 $(BUF):
-	npm install --no-audit --no-fund --silent @bufbuild/buf@1
+	npm ci --no-audit --no-fund --silent
 
 buf-lint: $(BUF) ## Lint the API with buf.
 	cd protos && ../$(BUF) lint

@@ -9,7 +9,10 @@ its traceback goes to the log.
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
 class GenserveError(Exception):
@@ -24,6 +27,35 @@ class GenserveError(Exception):
     def details(self) -> list:
         """Rich error details (google.rpc messages) to attach to the status."""
         return []
+
+    def trailer(self) -> tuple[tuple[str, bytes], ...]:
+        """Trailing metadata carrying a google.rpc.Status with the details."""
+        return rich_status(self.code, self.message, self.details())
+
+
+def rich_status(
+    code: grpc.StatusCode, message: str, details: list
+) -> tuple[tuple[str, bytes], ...]:
+    """The trailing metadata that carries a google.rpc.Status with details."""
+    packed = []
+    for detail in details:
+        any_detail = any_pb2.Any()
+        any_detail.Pack(detail)
+        packed.append(any_detail)
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    return ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+
+
+class Forwarded(GenserveError):
+    """An error a backend returned, passed on to the caller unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailer: tuple = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self._trailer = tuple((k, v) for k, v in trailer if k == STATUS_DETAILS_KEY)
+
+    def trailer(self) -> tuple[tuple[str, bytes], ...]:
+        return self._trailer or super().trailer()
 
 
 class InvalidArgument(GenserveError):

@@ -1,0 +1,367 @@
+"""Measure request batching on and off, direct and through the gateway.
+
+`make bench` runs `python bench/run_benchmarks.py --out docs/benchmarks.md`.
+In one run it starts the vae family service twice (batching on: the models'
+own policies; batching off: `--max-batch-size 1`) with a gateway in front of
+each, all on free loopback ports, then measures Generate (1 sample) on
+vae-fashion at concurrency 1, 8 and 64 for every {batching} x {path} cell,
+each after a warmup. It writes a Markdown report and the raw JSON
+(bench/results/latest.json). The "## Reading the numbers" section of an
+existing report is kept when the report is rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from genserve.runtime.supervisor import (
+    ProcessError,
+    Supervisor,
+    free_ports,
+    python_module_command,
+)
+from genserve.v1 import model_service_pb2, model_service_pb2_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import run_load
+
+REPO = Path(__file__).resolve().parents[1]
+BATCHING_FLAGS = {"on": [], "off": ["--max-batch-size", "1"]}
+PATHS = ("direct", "gateway")
+READING_HEADING = "## Reading the numbers"
+READING_PLACEHOLDER = "_To be written: what the table shows and why._\n"
+_PROVIDER_LINE = re.compile(r"onnxruntime (\S+) using (\w+ExecutionProvider)")
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on; the message says why."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One family service and the gateway in front of it."""
+
+    batching: str
+    """"on" or "off"."""
+    service: str
+    """The family service's host:port."""
+    gateway: str
+    """The gateway's host:port."""
+    service_log: Path | None
+    """The family service's log file."""
+
+    def target(self, path: str) -> str:
+        """The address a client dials for `path` ("direct" or "gateway")."""
+        return self.service if path == "direct" else self.gateway
+
+
+def start_deployments(sup: Supervisor, models: Path, startup_timeout_s: float) -> list[Deployment]:
+    """Start a family service plus gateway per batching mode and wait until all serve."""
+    deployments = []
+    for batching, flags in BATCHING_FLAGS.items():
+        port, metrics_port, gw_port, gw_metrics_port = free_ports(4)
+        service = f"127.0.0.1:{port}"
+        argv = python_module_command(
+            "genserve.families",
+            *("--family", "vae", "--models", str(models), "--host", "127.0.0.1"),
+            *("--port", str(port), "--metrics-port", str(metrics_port), *flags),
+        )
+        child = sup.start(f"vae batching-{batching}", argv, health_target=service)
+        gateway = f"127.0.0.1:{gw_port}"
+        gw_argv = python_module_command(
+            "genserve.gateway",
+            *("--host", "127.0.0.1", "--port", str(gw_port)),
+            *("--metrics-port", str(gw_metrics_port), "--backend", service),
+        )
+        sup.wait_healthy(child, startup_timeout_s)
+        sup.start(f"gateway batching-{batching}", gw_argv, health_target=gateway)
+        deployments.append(Deployment(batching, service, gateway, child.log_path))
+    sup.wait_all_healthy(startup_timeout_s)
+    return deployments
+
+
+def wait_for_model(target: str, model: str, timeout_s: float) -> dict[str, Any]:
+    """Wait until `target` can describe `model`; returns the model's config.
+
+    A gateway is SERVING before it has learnt its backends' models, so the
+    first calls through it may answer NOT_FOUND for a moment.
+    """
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        request = model_service_pb2.DescribeModelRequest(model_name=model)
+        while True:
+            try:
+                reply = stub.DescribeModel(request, timeout=5)
+                return json.loads(reply.config_json or "{}")
+            except grpc.RpcError as exc:
+                if time.monotonic() >= deadline:
+                    raise BenchError(f"{target} cannot serve {model}: {exc.details()}") from exc
+            time.sleep(0.2)
+
+
+def measure(
+    deployments: Sequence[Deployment],
+    model: str,
+    concurrencies: Sequence[int],
+    duration_s: float,
+    warmup_s: float,
+) -> list[dict[str, Any]]:
+    """Run every cell in order; returns one loadgen report per cell, labelled."""
+    cells = []
+    for deployment in deployments:
+        for path in PATHS:
+            for concurrency in concurrencies:
+                label = f"{path:7} batching {deployment.batching:3} concurrency {concurrency:3}"
+                print(f"  {label} ...", end="", flush=True)
+                report = run_load(
+                    deployment.target(path),
+                    model,
+                    concurrency=concurrency,
+                    duration_s=duration_s,
+                    warmup_s=warmup_s,
+                )
+                print(f" {report['requests_per_s']:8.1f} req/s", flush=True)
+                cells.append({"path": path, "batching": deployment.batching, **report})
+    return cells
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, or the platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU's name, when nvidia-smi answers."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
+
+
+def onnxruntime_in_use(service_log: Path | None) -> str:
+    """The onnxruntime version and provider the service logged, else what is available."""
+    if service_log is not None and service_log.exists():
+        found = _PROVIDER_LINE.search(service_log.read_text(errors="replace"))
+        if found:
+            return f"onnxruntime {found.group(1)}, {found.group(2)}"
+    import onnxruntime
+
+    available = ", ".join(onnxruntime.get_available_providers())
+    return f"onnxruntime {onnxruntime.__version__} (provider not logged; available: {available})"
+
+
+def machine_info(deployments: Sequence[Deployment]) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": gpu_name(),
+        "onnxruntime": onnxruntime_in_use(deployments[0].service_log if deployments else None),
+        "python": platform.python_version(),
+        "os": f"{platform.system()} {platform.release()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def relative(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it, else its name."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return path.name
+
+
+def command_line(args: argparse.Namespace, defaults: argparse.Namespace) -> str:
+    """The command that reproduces this run (options left at defaults omitted)."""
+    parts = ["python", "bench/run_benchmarks.py", "--out", relative(Path(args.out))]
+    for name, value in vars(args).items():
+        if name in ("out", "json_out", "log_dir") or value == getattr(defaults, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
+    return " ".join(parts)
+
+
+def _errors_cell(errors: dict[str, int]) -> str:
+    """ "0", or the total with the codes, e.g. "12 (RESOURCE_EXHAUSTED 12)"."""
+    if not errors:
+        return "0"
+    codes = ", ".join(f"{code} {count}" for code, count in errors.items())
+    return f"{sum(errors.values())} ({codes})"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def render_table(cells: Sequence[dict[str, Any]]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| path | batching | concurrency | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for cell in cells:
+        latency = cell["latency_ms"]
+        lines.append(
+            f"| {cell['path']} | {cell['batching']} | {cell['concurrency']} "
+            f"| {cell['requests_per_s']:.1f} | {_ms(latency['p50'])} | {_ms(latency['p99'])} "
+            f"| {_errors_cell(cell['errors'])} |"
+        )
+    return "\n".join(lines)
+
+
+def render_report(results: dict[str, Any], reading: str) -> str:
+    """The whole Markdown report."""
+    machine, settings = results["machine"], results["settings"]
+    gpu = f"- GPU: {machine['gpu']}\n" if machine["gpu"] else ""
+    policy = json.dumps(settings["batching_policy"]) if settings["batching_policy"] else "?"
+    return f"""# Benchmarks
+
+Generate with 1 sample on `{settings["model"]}`, closed loop: each of
+*concurrency* clients sends its next request as soon as the previous one
+returns. **batching on** = the model's own policy ({policy});
+**off** = the family service started with `--max-batch-size 1`. **direct** =
+client to family service; **gateway** = client to gateway to family service.
+Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s
+measured. Latency percentiles are over successful calls; errors are counted by
+status code. The load generator (`bench/loadgen.py`, one grpc.aio channel) runs
+on the same machine as the services.
+
+{render_table(results["cells"])}
+
+## Machine
+
+- CPU: {machine["cpu"]} ({machine["cores"]} cores)
+{gpu}- {machine["onnxruntime"]}
+- Python {machine["python"]}, {machine["os"]}
+- Measured {machine["date"]}
+
+## Command
+
+```
+make bench
+# which runs:
+{results["command"]}
+```
+
+Raw results: `{settings["json_out"]}`.
+
+{READING_HEADING}
+
+{reading}"""
+
+
+def existing_reading(out: Path) -> str:
+    """The body of the "Reading the numbers" section of a previous report, if any."""
+    if not out.exists():
+        return READING_PLACEHOLDER
+    text = out.read_text(encoding="utf-8")
+    start = text.find(READING_HEADING)
+    if start < 0:
+        return READING_PLACEHOLDER
+    body = text[start + len(READING_HEADING) :]
+    following = re.search(r"^## ", body, flags=re.MULTILINE)
+    body = body[: following.start()] if following else body
+    return body.strip() + "\n" if body.strip() else READING_PLACEHOLDER
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """Command-line options, and the defaults (to print a short reproducing command)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="docs/benchmarks.md", help="Markdown report")
+    parser.add_argument("--json-out", default=str(REPO / "bench" / "results" / "latest.json"))
+    parser.add_argument("--models", default="models", help="model repository")
+    parser.add_argument("--model", default="vae-fashion")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--duration-s", type=float, default=10.0, help="measured time per cell")
+    parser.add_argument("--warmup-s", type=float, default=2.0, help="warmup per cell")
+    parser.add_argument("--startup-timeout-s", type=float, default=120.0)
+    parser.add_argument("--log-dir", help="keep the processes' logs here (default: temporary)")
+    return parser.parse_args(argv), parser.parse_args([])
+
+
+def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    """Start the deployments, measure every cell, stop everything; returns the results."""
+    models = Path(args.models)
+    with Supervisor(log_dir=log_dir) as sup:
+        print(f"starting 2 family services and 2 gateways (logs in {log_dir})", flush=True)
+        deployments = start_deployments(sup, models, args.startup_timeout_s)
+        policy = {}
+        for deployment in deployments:
+            for path in PATHS:
+                config = wait_for_model(deployment.target(path), args.model, 30.0)
+                policy = policy or config.get("batching", {})
+        cells = measure(deployments, args.model, args.concurrency, args.duration_s, args.warmup_s)
+        machine = machine_info(deployments)
+    settings = {
+        "model": args.model,
+        "call": "generate",
+        "num_samples": 1,
+        "concurrency": args.concurrency,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "batching_policy": policy,
+        "json_out": relative(Path(args.json_out)),
+    }
+    command = command_line(args, defaults)
+    return {"command": command, "machine": machine, "settings": settings, "cells": cells}
+
+
+def write_outputs(results: dict[str, Any], out: Path, json_out: Path) -> None:
+    """Write the raw JSON and the Markdown report (keeping its reading section)."""
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    reading = existing_reading(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_report(results, reading), encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark and write its report."""
+    args, defaults = parse_args(argv)
+    if not any(Path(args.models, args.model).glob("*/config.json")):
+        print(f"no {args.model} model under {args.models}/: export it first", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="genserve-bench-") as tmp:
+            results = run(args, defaults, Path(args.log_dir or tmp))
+    except (ProcessError, BenchError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    write_outputs(results, Path(args.out), Path(args.json_out))
+    print(f"wrote {args.out} and {args.json_out} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

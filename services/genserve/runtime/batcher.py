@@ -1,0 +1,272 @@
+"""Request batching for one-shot graphs.
+
+Requests for one graph wait in a bounded queue. One background task takes the
+first waiting request, keeps filling the batch until it holds
+`max_batch_size` rows or `max_queue_delay_ms` has passed since that request
+arrived, concatenates the inputs along the batch axis, runs the graph off the
+event loop, and hands each caller back exactly its own rows.
+
+A full queue refuses at once (ResourceExhausted); a request whose deadline has
+passed while it waited is dropped, not computed (DeadlineExceeded); a caller
+that is cancelled is taken out of the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from genserve.runtime import metrics
+from genserve.runtime.errors import DeadlineExceeded, GenserveError, ResourceExhausted, Unavailable
+
+logger = logging.getLogger(__name__)
+
+Arrays = dict[str, np.ndarray]
+RunBatch = Callable[[Arrays], Arrays]
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one graph's requests are merged."""
+
+    max_batch_size: int = 64
+    """Most rows in one session run; 1 turns batching off."""
+    max_queue_delay_ms: float = 2.0
+    """Longest wait after the first request of a batch for others to join."""
+    max_queue_size: int = 1024
+    """Most requests waiting; one more is refused with RESOURCE_EXHAUSTED."""
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
+        if self.max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+
+
+@dataclass(eq=False)
+class _Item:
+    """One waiting request: its inputs, deadline and the future its caller awaits."""
+
+    inputs: Arrays
+    rows: int
+    deadline: float | None
+    future: asyncio.Future
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class RequestBatcher:
+    """Merges concurrent requests for one graph into batched runs.
+
+    Args:
+        run_batch: runs the graph on merged inputs; called in `executor`, so it
+            may block. Every output must have as many rows as the inputs.
+        policy: batch size, delay and queue bound.
+        model: the model's name, for metrics and logs.
+        graph: the graph's name, for metrics and logs.
+        executor: where run_batch runs; None uses the loop's default executor.
+    """
+
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        policy: BatchPolicy,
+        *,
+        model: str,
+        graph: str,
+        executor: Executor | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.policy = policy
+        self._labels = {"model": model, "graph": graph}
+        self._executor = executor
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self._closed = False
+        self._depth = metrics.QUEUE_DEPTH.labels(**self._labels)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting now (not counting the batch being run)."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        """Start the background task; call from a running event loop."""
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name=f"batcher-{self._labels['model']}-{self._labels['graph']}"
+            )
+
+    async def close(self) -> None:
+        """Refuse new requests, finish the ones already queued, stop the task."""
+        self._closed = True
+        self._arrived.set()
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        for item in self._queue:
+            _fail(item, Unavailable("the server is shutting down"))
+        self._queue.clear()
+
+    async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
+        """Queue one request and wait for its own rows of the outputs.
+
+        Args:
+            inputs: arrays keyed by graph input name, all with the same first
+                (batch) dimension.
+            deadline: time.monotonic() after which the result is useless.
+
+        Returns:
+            Arrays keyed by output name, holding this request's rows only.
+
+        Raises:
+            ResourceExhausted: the queue is full.
+            DeadlineExceeded: the deadline passed before the request ran.
+            Unavailable: the batcher is closed.
+        """
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        if len(self._queue) >= self.policy.max_queue_size:
+            metrics.QUEUE_DROPPED.labels(**self._labels, reason="full").inc()
+            raise ResourceExhausted(
+                f"{self._labels['model']}/{self._labels['graph']} queue is full "
+                f"({self.policy.max_queue_size} requests waiting); retry later"
+            )
+        rows = _rows_of(inputs)
+        item = _Item(inputs, rows, deadline, asyncio.get_running_loop().create_future())
+        self._queue.append(item)
+        self._depth.set(len(self._queue))
+        self._arrived.set()
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            self._remove(item)
+            raise
+
+    def _remove(self, item: _Item) -> None:
+        """Take a cancelled caller's item out of the queue, if still there."""
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return  # already taken into a batch; its result is dropped there
+        metrics.QUEUE_DROPPED.labels(**self._labels, reason="cancelled").inc()
+        self._depth.set(len(self._queue))
+
+    async def _work(self) -> None:
+        """Take batches and run them until closed and drained."""
+        while not (self._closed and not self._queue):
+            batch = await self._next_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _next_batch(self) -> list[_Item]:
+        """Wait for a first live request, then fill up to size or delay."""
+        first = await self._take_live(wait_until=None)
+        if first is None:
+            return []
+        batch, rows = [first], first.rows
+        flush_at = first.enqueued_at + self.policy.max_queue_delay_ms / 1000.0
+        while rows < self.policy.max_batch_size:
+            if self._queue and rows + self._queue[0].rows > self.policy.max_batch_size:
+                break  # the next request would overflow: it leads the next batch
+            item = await self._take_live(wait_until=flush_at)
+            if item is None:
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    async def _take_live(self, wait_until: float | None) -> _Item | None:
+        """Pop the next request still worth running, waiting until wait_until.
+
+        Requests whose caller left or whose deadline passed are dropped here.
+        """
+        while True:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._arrived.clear()
+                if wait_until is None:
+                    await self._arrived.wait()
+                    continue
+                timeout = wait_until - time.monotonic()
+                if timeout <= 0:
+                    return None
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), timeout)
+                except TimeoutError:
+                    return None
+            item = self._queue.popleft()
+            self._depth.set(len(self._queue))
+            if item.future.done():
+                continue
+            if item.deadline is not None and time.monotonic() >= item.deadline:
+                metrics.QUEUE_DROPPED.labels(**self._labels, reason="deadline").inc()
+                _fail(item, DeadlineExceeded("the deadline passed while the request was queued"))
+                continue
+            return item
+
+    async def _run(self, batch: list[_Item]) -> None:
+        """Run one merged batch and resolve or fail every future in it."""
+        started = time.monotonic()
+        for item in batch:
+            metrics.QUEUE_DURATION.labels(**self._labels).observe(started - item.enqueued_at)
+        rows = sum(item.rows for item in batch)
+        metrics.BATCH_SIZE.labels(**self._labels).observe(rows)
+        metrics.BATCH_REQUESTS.labels(**self._labels).observe(len(batch))
+        try:
+            merged = _concat([item.inputs for item in batch])
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, merged)
+            _check_rows(outputs, rows)
+        except Exception as exc:  # one failure fails every caller of this batch
+            if not isinstance(exc, GenserveError):
+                logger.exception("batch of %d rows failed on %s", rows, self._labels)
+            for item in batch:
+                _fail(item, exc)
+            return
+        finally:
+            metrics.SESSION_RUN_DURATION.labels(**self._labels).observe(time.monotonic() - started)
+        offset = 0
+        for item in batch:
+            if not item.future.done():
+                item.future.set_result(
+                    {k: v[offset : offset + item.rows] for k, v in outputs.items()}
+                )
+            offset += item.rows
+
+
+def _rows_of(inputs: Arrays) -> int:
+    """The common first dimension of the inputs."""
+    sizes = {name: int(a.shape[0]) for name, a in inputs.items()}
+    if not sizes or len(set(sizes.values())) != 1:
+        raise ValueError(f"inputs must share one batch dimension, got {sizes}")
+    return next(iter(sizes.values()))
+
+
+def _concat(parts: list[Arrays]) -> Arrays:
+    """Concatenate each input along the batch axis."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+
+
+def _check_rows(outputs: Arrays, rows: int) -> None:
+    """Every output must have one row per input row."""
+    bad = {name: a.shape[0] for name, a in outputs.items() if a.shape[0] != rows}
+    if bad:
+        raise RuntimeError(f"graph returned {bad} rows for a batch of {rows}")
+
+
+def _fail(item: _Item, exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)

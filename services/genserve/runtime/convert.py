@@ -1,0 +1,192 @@
+"""Protobuf to checked plain Python, and back. Every bad field is named.
+
+Only servicers call this module; nothing past them sees protobuf.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+
+import numpy as np
+from PIL import Image
+
+from genserve.client import tensors
+from genserve.runtime.errors import InvalidArgument
+from genserve.runtime.model import GenerateParams, SamplerParams, ServedModel
+from genserve.v1 import model_service_pb2 as pb
+from genserve.v1 import tensor_pb2
+
+
+def tensor_field(field: str, message: tensor_pb2.Tensor) -> np.ndarray:
+    """Decode a Tensor, naming the field when its dtype, shape or bytes are off."""
+    try:
+        return tensors.to_numpy(message)
+    except tensors.TensorFormatError as exc:
+        raise InvalidArgument(field, str(exc)) from None
+
+
+def finite_float32(field: str, array: np.ndarray) -> np.ndarray:
+    """Cast to float32 and refuse NaN or infinity."""
+    if array.dtype.kind not in "fiub":
+        raise InvalidArgument(field, f"must be numeric, got {array.dtype}")
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise InvalidArgument(field, f"contains {bad} NaN or infinite values")
+    return out
+
+
+def num_samples(field: str, value: int, model: ServedModel) -> int:
+    """1 to the model's max_num_samples."""
+    cap = model.config.max_num_samples
+    if not 1 <= value <= cap:
+        raise InvalidArgument(field, f"must be between 1 and {cap}, got {value}")
+    return value
+
+
+def seed_of(request) -> int:
+    """The request's seed, or a fresh one the response will report."""
+    if request.HasField("seed"):
+        return int(request.seed)
+    return secrets.randbits(63)
+
+
+def latents(
+    field: str, message: tensor_pb2.Tensor, model: ServedModel, rows: int | None
+) -> np.ndarray:
+    """float32 (rows, latent_dim), finite."""
+    array = tensor_field(field, message)
+    d = model.latent_dim
+    if array.ndim != 2 or array.shape[1] != d or (rows is not None and array.shape[0] != rows):
+        want = f"({rows if rows is not None else 'N'}, {d})"
+        raise InvalidArgument(f"{field}.shape", f"must be {want}, got {list(array.shape)}")
+    if array.shape[0] < 1:
+        raise InvalidArgument(f"{field}.shape", "needs at least one row")
+    if array.shape[0] > model.config.max_num_samples:
+        raise InvalidArgument(
+            f"{field}.shape", f"at most {model.config.max_num_samples} rows, got {array.shape[0]}"
+        )
+    return finite_float32(field, array)
+
+
+def images(field: str, message: pb.ImageInput, model: ServedModel) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1], from a tensor or PNG files."""
+    shape = model.image_shape
+    has_tensor, has_pngs = message.HasField("tensor"), len(message.pngs) > 0
+    if has_tensor == has_pngs:
+        raise InvalidArgument(field, "set exactly one of tensor and pngs")
+    if has_pngs:
+        array = np.stack([_png(f"{field}.pngs[{i}]", b, shape) for i, b in enumerate(message.pngs)])
+    else:
+        array = tensor_field(f"{field}.tensor", message.tensor)
+        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
+            raise InvalidArgument(
+                f"{field}.tensor.shape",
+                f"must be (N, {', '.join(map(str, shape))}), got {list(array.shape)}",
+            )
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        array = finite_float32(f"{field}.tensor", array)
+        if array.size and (array.min() < 0.0 or array.max() > 1.0):
+            raise InvalidArgument(
+                f"{field}.tensor",
+                f"values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]",
+            )
+    if not 1 <= array.shape[0] <= model.config.max_num_samples:
+        raise InvalidArgument(
+            field, f"needs 1 to {model.config.max_num_samples} images, got {array.shape[0]}"
+        )
+    return array
+
+
+def _png(field: str, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    channels, height, width = shape
+    try:
+        image = Image.open(io.BytesIO(data))
+        image = image.convert("L" if channels == 1 else "RGB")
+    except Exception as exc:
+        raise InvalidArgument(field, f"is not a readable image: {exc}") from None
+    if image.size != (width, height):
+        raise InvalidArgument(
+            field, f"must be {width}x{height} pixels, got {image.size[0]}x{image.size[1]}"
+        )
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def class_labels(field: str, values, model: ServedModel, rows: int) -> np.ndarray | None:
+    """None, or int64 (rows,) in range: one label for all or one per sample."""
+    if not values:
+        return None
+    n_classes = len(model.config.labels)
+    if not n_classes:
+        raise InvalidArgument(field, f"model {model.name} is not class-conditional")
+    array = np.asarray(values, dtype=np.int64)
+    if len(array) not in (1, rows):
+        raise InvalidArgument(field, f"give one label or {rows}, got {len(array)}")
+    bad = array[(array < 0) | (array >= n_classes)]
+    if bad.size:
+        raise InvalidArgument(field, f"must be between 0 and {n_classes - 1}, got {int(bad[0])}")
+    return np.broadcast_to(array, (rows,)).copy()
+
+
+def sampler(message: pb.SamplerParams) -> SamplerParams:
+    """Checked sampler settings; ranges that need the model are checked by the family."""
+    opt = {f: getattr(message, f) if message.HasField(f) else None for f in (
+        "steps", "guidance_scale", "temperature", "top_k", "top_p", "max_new_tokens", "truncation"
+    )}  # fmt: skip
+    checks = {
+        "steps": lambda v: v >= 1,
+        "temperature": lambda v: v > 0,
+        "top_k": lambda v: v >= 0,
+        "top_p": lambda v: 0 < v <= 1,
+        "max_new_tokens": lambda v: v >= 1,
+        "truncation": lambda v: v > 0,
+        "guidance_scale": lambda v: v >= 0,
+    }
+    ranges = {"steps": ">= 1", "temperature": "> 0", "top_k": ">= 0", "top_p": "in (0, 1]",
+              "max_new_tokens": ">= 1", "truncation": "> 0", "guidance_scale": ">= 0"}  # fmt: skip
+    for name, value in opt.items():
+        if value is not None and (not np.isfinite(value) or not checks[name](value)):
+            raise InvalidArgument(f"sampler.{name}", f"must be {ranges[name]}, got {value}")
+    return SamplerParams(stop_sequences=tuple(message.stop_sequences), **opt)
+
+
+def generate_params(
+    request: pb.GenerateRequest, model: ServedModel, deadline: float | None
+) -> GenerateParams:
+    """Check a GenerateRequest against the model."""
+    n = num_samples("num_samples", request.num_samples, model)
+    given = latents("latents", request.latents, model, n) if request.HasField("latents") else None
+    return GenerateParams(
+        num_samples=n,
+        seed=seed_of(request),
+        class_labels=class_labels("class_labels", request.class_labels, model, n),
+        prompt=request.prompt,
+        latents=given,
+        sampler=sampler(request.sampler),
+        deadline=deadline,
+    )
+
+
+def images_out(array: np.ndarray, output_format: int) -> tensor_pb2.Images:
+    """Images as a float32 tensor, or as one PNG per image."""
+    if output_format == tensor_pb2.OUTPUT_FORMAT_PNG:
+        return tensor_pb2.Images(pngs=[to_png(img) for img in array])
+    return tensor_pb2.Images(tensor=tensors.from_numpy(np.ascontiguousarray(array, np.float32)))
+
+
+def to_png(image: np.ndarray) -> bytes:
+    """One (C, H, W) float image in [0, 1] as 8-bit PNG bytes."""
+    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    mode_array = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(mode_array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def check_output_format(value: int) -> None:
+    """Only the enum's known values."""
+    if value not in tensor_pb2.OutputFormat.values():
+        raise InvalidArgument("output_format", f"unknown value {value}")

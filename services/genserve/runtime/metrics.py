@@ -1,0 +1,102 @@
+"""Every Prometheus metric a genserve process exports, in one module.
+
+Names carry units; labels are bounded: `model` is a loaded model's name (or
+"unknown"), `graph` a graph of that model, `method` an RPC name, `code` a gRPC
+status name. Latencies are histograms so percentiles aggregate across replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+logger = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+REQUESTS = Counter(
+    "genserve_requests_total",
+    "RPCs finished, by method, model and gRPC status code.",
+    ["method", "model", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "genserve_request_duration_seconds",
+    "Time from receiving an RPC to sending its last response.",
+    ["method", "model"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+IN_FLIGHT = Gauge(
+    "genserve_in_flight_requests",
+    "RPCs being handled right now.",
+    ["method"],
+)
+QUEUE_DURATION = Histogram(
+    "genserve_queue_duration_seconds",
+    "Time a request waited in a batcher queue before its batch ran.",
+    ["model", "graph"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+SESSION_RUN_DURATION = Histogram(
+    "genserve_session_run_duration_seconds",
+    "Time of one ONNX Runtime session.run over a batch.",
+    ["model", "graph"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+BATCH_SIZE = Histogram(
+    "genserve_batch_size",
+    "Rows in one batched session.run.",
+    ["model", "graph"],
+    buckets=_BATCH_BUCKETS,
+)
+BATCH_REQUESTS = Histogram(
+    "genserve_batch_requests",
+    "Requests merged into one batched session.run.",
+    ["model", "graph"],
+    buckets=_BATCH_BUCKETS,
+)
+QUEUE_DEPTH = Gauge(
+    "genserve_queue_depth",
+    "Requests waiting in a batcher queue.",
+    ["model", "graph"],
+)
+QUEUE_DROPPED = Counter(
+    "genserve_queue_dropped_total",
+    "Queued requests dropped before running, by reason (deadline, cancelled, full).",
+    ["model", "graph", "reason"],
+)
+SAMPLES_GENERATED = Counter(
+    "genserve_samples_generated_total",
+    "Samples (images or texts) returned by Generate and GenerateStream.",
+    ["model"],
+)
+MODEL_LOAD_DURATION = Histogram(
+    "genserve_model_load_duration_seconds",
+    "Time to load a model version (all its ONNX sessions).",
+    ["model"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+MODEL_LOADED = Gauge(
+    "genserve_model_loaded",
+    "1 for each model this process serves, labelled with its version.",
+    ["model", "version"],
+)
+BACKEND_UP = Gauge(
+    "genserve_gateway_backend_up",
+    "1 when the gateway's last health check of a backend succeeded.",
+    ["backend"],
+)
+BACKEND_REQUESTS = Counter(
+    "genserve_gateway_backend_requests_total",
+    "Calls the gateway forwarded, by backend and status code.",
+    ["backend", "code"],
+)
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serve /metrics over HTTP on host:port from a background thread."""
+    start_http_server(port, addr=host)
+    logger.info("metrics on http://%s:%d/metrics", host, port)

@@ -1,0 +1,122 @@
+"""Building and running a genserve gRPC process.
+
+`serve` builds a grpc.aio server with the serving interceptor, registers the
+ModelService servicer, standard health checking and reflection, serves
+/metrics over HTTP, and on SIGTERM or SIGINT marks itself NOT_SERVING, stops
+taking new calls, lets in-flight calls finish within the grace period, then
+runs the caller's cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from genserve.runtime import metrics
+from genserve.runtime.interceptors import KnownModels, RequestIdFilter, ServingInterceptor
+from genserve.v1 import model_service_pb2, model_service_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where and how a genserve process listens."""
+
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 in a container."""
+    port: int = 50051
+    """gRPC port."""
+    metrics_port: int = 0
+    """HTTP port for /metrics; 0 serves no metrics."""
+    grace_s: float = 10.0
+    """How long in-flight calls may take to finish on shutdown."""
+    max_message_bytes: int = 64 * 1024 * 1024
+    """Largest request or response message."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port must be in 1..65535, got {self.port}")
+        if not 0 <= self.metrics_port < 65536:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.grace_s < 0:
+            raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """One-line structured logs on stderr, each with the request id."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+async def serve(
+    config: ServerConfig,
+    servicer: model_service_pb2_grpc.ModelServiceServicer,
+    *,
+    known_models: KnownModels,
+    ready: Callable[[], Awaitable[None]] | None = None,
+    cleanup: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Run a ModelService process until SIGTERM or SIGINT.
+
+    Args:
+        config: ports and limits.
+        servicer: the ModelService implementation.
+        known_models: names allowed as metric labels.
+        ready: awaited after the port is bound and before health turns
+            SERVING (e.g. loading models).
+        cleanup: awaited after the server stopped (e.g. draining batchers).
+    """
+    options = [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=[ServingInterceptor(known_models)], options=options)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    address = f"{config.host}:{config.port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind {address}")
+    for name in ("", MODEL_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if config.metrics_port:
+        metrics.serve_metrics(config.metrics_port, config.host)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if ready is not None:
+            await ready()
+        for name in ("", MODEL_SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("serving on %s", address)
+        await stop.wait()
+        logger.info("shutting down: finishing in-flight calls (grace %.1fs)", config.grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_s)
+    finally:
+        if cleanup is not None:
+            await cleanup()
+        await server.stop(0)
+        logger.info("stopped")

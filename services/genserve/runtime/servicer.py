@@ -1,0 +1,219 @@
+"""The ModelService servicer of a family process: thin, one method per RPC.
+
+Each method finds the model, converts the request to plain Python, awaits the
+model and converts the result back. Errors are raised, never returned; the
+error interceptor maps them to status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+import numpy as np
+
+from genserve.client import tensors
+from genserve.runtime import convert, metrics
+from genserve.runtime.model import (
+    COMPLETE,
+    DECODE,
+    ENCODE,
+    GENERATE,
+    GENERATE_STREAM,
+    RECONSTRUCT,
+    ServedModel,
+    deadline_from,
+)
+from genserve.runtime.registry import ModelRegistry
+from genserve.v1 import model_service_pb2 as pb
+from genserve.v1 import model_service_pb2_grpc, tensor_pb2
+
+logger = logging.getLogger(__name__)
+
+_CALL_ENUM = {
+    GENERATE: pb.MODEL_CALL_GENERATE,
+    GENERATE_STREAM: pb.MODEL_CALL_GENERATE_STREAM,
+    ENCODE: pb.MODEL_CALL_ENCODE,
+    DECODE: pb.MODEL_CALL_DECODE,
+    RECONSTRUCT: pb.MODEL_CALL_RECONSTRUCT,
+    COMPLETE: pb.MODEL_CALL_COMPLETE,
+}
+_DTYPE_ENUM = {
+    "float32": tensor_pb2.DATA_TYPE_FLOAT32,
+    "float16": tensor_pb2.DATA_TYPE_FLOAT16,
+    "int64": tensor_pb2.DATA_TYPE_INT64,
+    "int32": tensor_pb2.DATA_TYPE_INT32,
+    "uint8": tensor_pb2.DATA_TYPE_UINT8,
+    "bool": tensor_pb2.DATA_TYPE_BOOL,
+}
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    """The ListModels entry of a served model."""
+    return pb.ModelInfo(
+        name=model.name,
+        family=model.family,
+        version=model.config.version,
+        calls=[_CALL_ENUM[c] for c in model.calls],
+        labels=list(model.config.labels),
+        latent_dim=model.latent_dim,
+        image_shape=list(model.image_shape),
+        max_num_samples=model.config.max_num_samples,
+    )
+
+
+def _graph_signatures(model: ServedModel) -> list[pb.GraphSignature]:
+    def spec(t):
+        return pb.TensorSignature(name=t.name, dtype=_DTYPE_ENUM[t.dtype], shape=list(t.shape))
+
+    return [
+        pb.GraphSignature(
+            name=g.name, inputs=[spec(t) for t in g.inputs], outputs=[spec(t) for t in g.outputs]
+        )
+        for g in model.config.graphs.values()
+    ]
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    return deadline_from(context.time_remaining())
+
+
+class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """ModelService over the models of one family process."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self._registry = registry
+
+    async def ListModels(self, request, context):
+        models = [
+            model_info(m)
+            for m in self._registry.models()
+            if not request.family or m.family == request.family
+        ]
+        return pb.ListModelsResponse(models=models)
+
+    async def DescribeModel(self, request, context):
+        model = self._registry.get(request.model_name, call=None)
+        return pb.DescribeModelResponse(
+            info=model_info(model),
+            graphs=_graph_signatures(model),
+            config_json=json.dumps(model.config.raw, sort_keys=True),
+        )
+
+    async def Generate(self, request, context):
+        model = self._registry.get(request.model_name, GENERATE)
+        convert.check_output_format(request.output_format)
+        params = convert.generate_params(request, model, _deadline(context))
+        output = await model.generate(params)
+        return self._generate_response(model, params.seed, output, request.output_format)
+
+    async def GenerateStream(self, request, context):
+        inner = request.request
+        model = self._registry.get(inner.model_name, GENERATE_STREAM)
+        convert.check_output_format(inner.output_format)
+        if request.preview_every_steps < 0:
+            raise convert.InvalidArgument(
+                "preview_every_steps", f"must be >= 0, got {request.preview_every_steps}"
+            )
+        params = convert.generate_params(inner, model, _deadline(context))
+        async for event in model.generate_stream(params, request.preview_every_steps):
+            if event.result is not None:
+                yield pb.GenerateStreamResponse(
+                    result=self._generate_response(
+                        model, params.seed, event.result, inner.output_format
+                    )
+                )
+            elif event.progress is not None:
+                step, total = event.progress
+                yield pb.GenerateStreamResponse(
+                    progress=pb.StepProgress(step=step, total_steps=total)
+                )
+            elif event.token is not None:
+                index, text = event.token
+                yield pb.GenerateStreamResponse(token=pb.TokenDelta(sample_index=index, text=text))
+            elif event.preview is not None:
+                yield pb.GenerateStreamResponse(
+                    preview=convert.images_out(event.preview, inner.output_format)
+                )
+
+    def _generate_response(self, model, seed, output, output_format) -> pb.GenerateResponse:
+        response = pb.GenerateResponse(
+            model_name=model.name, model_version=model.config.version, seed=seed
+        )
+        if output.images is not None:
+            response.images.CopyFrom(convert.images_out(output.images, output_format))
+            metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.images))
+        if output.texts is not None:
+            response.texts.extend(output.texts)
+            metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.texts))
+        return response
+
+    async def Encode(self, request, context):
+        model = self._registry.get(request.model_name, ENCODE)
+        has_images = request.HasField("images")
+        if has_images == bool(request.texts):
+            raise convert.InvalidArgument("images", "set exactly one of images and texts")
+        images = convert.images("images", request.images, model) if has_images else None
+        encoding = await model.encode(images, list(request.texts), _deadline(context))
+        response = pb.EncodeResponse(
+            model_name=model.name,
+            model_version=model.config.version,
+            embeddings=tensors.from_numpy(encoding.embeddings),
+        )
+        if encoding.log_variance is not None:
+            response.log_variance.CopyFrom(tensors.from_numpy(encoding.log_variance))
+        return response
+
+    async def Decode(self, request, context):
+        model = self._registry.get(request.model_name, DECODE)
+        convert.check_output_format(request.output_format)
+        if not request.HasField("latents"):
+            raise convert.InvalidArgument("latents", "is required")
+        latents = convert.latents("latents", request.latents, model, rows=None)
+        output = await model.decode(latents, _deadline(context))
+        return pb.DecodeResponse(
+            model_name=model.name,
+            model_version=model.config.version,
+            images=convert.images_out(output.images, request.output_format),
+        )
+
+    async def Reconstruct(self, request, context):
+        model = self._registry.get(request.model_name, RECONSTRUCT)
+        convert.check_output_format(request.output_format)
+        if not request.HasField("images"):
+            raise convert.InvalidArgument("images", "is required")
+        images = convert.images("images", request.images, model)
+        output = await model.reconstruct(images, _deadline(context))
+        return pb.ReconstructResponse(
+            model_name=model.name,
+            model_version=model.config.version,
+            images=convert.images_out(output.images, request.output_format),
+        )
+
+    async def Complete(self, request, context):
+        model = self._registry.get(request.model_name, COMPLETE)
+        convert.check_output_format(request.output_format)
+        images = convert.images("images", request.images, model)
+        mask = convert.finite_float32("mask", convert.tensor_field("mask", request.mask))
+        n = images.shape[0]
+        shape = (1, *images.shape[2:])
+        if mask.ndim != 4 or mask.shape[0] not in (1, n) or tuple(mask.shape[1:]) != shape:
+            raise convert.InvalidArgument(
+                "mask.shape",
+                f"must be (1 or {n}, {', '.join(map(str, shape))}), got {list(mask.shape)}",
+            )
+        params = convert.GenerateParams(
+            num_samples=n,
+            seed=convert.seed_of(request),
+            class_labels=convert.class_labels("class_labels", request.class_labels, model, n),
+            sampler=convert.sampler(request.sampler),
+            deadline=_deadline(context),
+        )
+        output = await model.complete(images, (mask > 0.5).astype(np.float32), params)
+        return pb.CompleteResponse(
+            model_name=model.name,
+            model_version=model.config.version,
+            seed=params.seed,
+            images=convert.images_out(output.images, request.output_format),
+        )

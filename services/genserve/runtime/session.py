@@ -1,0 +1,90 @@
+"""ONNX Runtime sessions: provider detection and a thin graph wrapper.
+
+CUDA is used only when it can actually load. onnxruntime-gpu on a machine
+without a GPU lists CUDAExecutionProvider as available and then fails to load
+libcublas, so detection opens a real session on CUDA alone, quietly, once;
+the result is logged in one line and reused.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """How graphs are opened."""
+
+    provider: str = "auto"
+    """"auto" (CUDA when it loads, else CPU), "cuda" or "cpu"."""
+    intra_op_threads: int = 0
+    """Threads per session.run; 0 lets ONNX Runtime choose."""
+
+
+@functools.cache
+def _cuda_loads(probe_model: str) -> bool:
+    """Whether a session on CUDA alone opens for this model file."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # silence the fallback warnings of a failed load
+    try:
+        session = ort.InferenceSession(probe_model, options, providers=[CUDA])
+    except Exception:
+        return False
+    return CUDA in session.get_providers()
+
+
+_announced: set[str] = set()
+
+
+def choose_providers(options: SessionOptions, probe_model: str) -> list[str]:
+    """The execution providers for a session, CUDA first when it really works."""
+    wanted = options.provider.lower()
+    if wanted not in {"auto", "cuda", "cpu"}:
+        raise ValueError(f"provider must be auto, cuda or cpu, got {options.provider!r}")
+    use_cuda = wanted != "cpu" and _cuda_loads(probe_model)
+    if wanted == "cuda" and not use_cuda:
+        raise RuntimeError("provider 'cuda' was asked for but CUDAExecutionProvider does not load")
+    providers = [CUDA, CPU] if use_cuda else [CPU]
+    if providers[0] not in _announced:
+        _announced.add(providers[0])
+        logger.info("onnxruntime %s using %s", ort.__version__, providers[0])
+    return providers
+
+
+class Graph:
+    """One ONNX graph, opened for inference.
+
+    Args:
+        path: the .onnx file.
+        options: provider and threads.
+    """
+
+    def __init__(self, path: str | os.PathLike, options: SessionOptions) -> None:
+        self.path = str(path)
+        session_options = ort.SessionOptions()
+        session_options.log_severity_level = 3
+        if options.intra_op_threads:
+            session_options.intra_op_num_threads = options.intra_op_threads
+        providers = choose_providers(options, self.path)
+        self._session = ort.InferenceSession(self.path, session_options, providers=providers)
+        self.provider = self._session.get_providers()[0]
+        self.input_names = [i.name for i in self._session.get_inputs()]
+        self.output_names = [o.name for o in self._session.get_outputs()]
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph; returns every output keyed by name."""
+        outputs = self._session.run(self.output_names, inputs)
+        return dict(zip(self.output_names, outputs, strict=True))

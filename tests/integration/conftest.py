@@ -1,0 +1,111 @@
+"""Real processes on free loopback ports: a tiny trained VAE and the committed one.
+
+One session-scoped deployment: train a tiny VAE for a few steps with the real
+exporter (train, export, parity check, write the repository folder), put it in
+a temporary model repository beside a copy of the committed vae-fashion, start
+a vae family service and a gateway in front of it, wait for health, and always
+stop both.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMITTED_VAE = ROOT / "models" / "vae-fashion"
+TINY = "vae-tiny"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where the test deployment listens."""
+
+    gateway: str
+    service: str
+    gateway_metrics: str
+    service_metrics: str
+    models: Path
+    supervisor: Supervisor
+
+
+def train_tiny_vae(out: Path, name: str = TINY, steps: int = 40) -> Path:
+    """Train, export and parity-check a tiny VAE with the real exporter CLI."""
+    command = [
+        sys.executable, "-m", "genserve.exporters.vae", "--out", str(out), "--name", name,
+        "--version", "1", "--epochs", "1", "--max-steps", str(steps), "--seed", "0",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, f"exporter failed:\n{done.stderr[-3000:]}"
+    return out / name / "1"
+
+
+@pytest.fixture(scope="session")
+def model_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("models")
+    train_tiny_vae(repo)
+    shutil.copytree(COMMITTED_VAE, repo / COMMITTED_VAE.name)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def deployment(model_repo: Path, tmp_path_factory) -> Iterator[Deployment]:
+    logs = tmp_path_factory.mktemp("logs")
+    service_port, service_metrics, gateway_port, gateway_metrics = free_ports(4)
+    service, gateway = f"127.0.0.1:{service_port}", f"127.0.0.1:{gateway_port}"
+    with Supervisor(log_dir=logs, grace_s=10) as sup:
+        family = sup.start(
+            "family-vae",
+            python_module_command(
+                "genserve.families", "--family", "vae", "--models", str(model_repo),
+                "--port", str(service_port), "--metrics-port", str(service_metrics),
+                "--max-queue-delay-ms", "5", "--poll-s", "1",
+            ),
+            health_target=service,
+        )  # fmt: skip
+        sup.wait_healthy(family, timeout_s=60)
+        gw = sup.start(
+            "gateway",
+            python_module_command(
+                "genserve.gateway", "--backend", service, "--port", str(gateway_port),
+                "--metrics-port", str(gateway_metrics), "--refresh-s", "1",
+            ),
+            health_target=gateway,
+        )  # fmt: skip
+        sup.wait_healthy(gw, timeout_s=60)
+        yield Deployment(
+            gateway=gateway,
+            service=service,
+            gateway_metrics=f"http://127.0.0.1:{gateway_metrics}/metrics",
+            service_metrics=f"http://127.0.0.1:{service_metrics}/metrics",
+            models=model_repo,
+            supervisor=sup,
+        )
+        assert not sup.exited(), f"a process died during the tests: {sup.exited()}"
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One real Prometheus scrape: (sample name, sorted labels) -> value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of a sample over every series whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, lab), v in samples.items() if n == name and wanted <= set(lab))

@@ -1,0 +1,194 @@
+"""The request batcher: merging, bounds, deadlines, cancellation, routing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from genserve.runtime.batcher import BatchPolicy, RequestBatcher
+from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted
+
+pytestmark = pytest.mark.unit
+
+
+class RecordingGraph:
+    """A stand-in graph: y = 2x + 1 per row, recording every batch it ran."""
+
+    def __init__(self, delay_s: float = 0.0, gate: threading.Event | None = None) -> None:
+        self.batches: list[np.ndarray] = []
+        self.delay_s = delay_s
+        self.gate = gate
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.delay_s)
+        x = inputs["x"]
+        self.batches.append(x.copy())
+        return {"y": 2 * x + 1, "row_sum": x.sum(axis=1, keepdims=True)}
+
+
+def make(graph, **policy) -> RequestBatcher:
+    batcher = RequestBatcher(graph, BatchPolicy(**policy), model="m", graph="g")
+    batcher.start()
+    return batcher
+
+
+async def test_concurrent_callers_each_get_exactly_their_own_rows():
+    graph = RecordingGraph(delay_s=0.002)
+    batcher = make(graph, max_batch_size=32, max_queue_delay_ms=5)
+    rng = np.random.default_rng(0)
+    requests = [
+        rng.normal(size=(int(rng.integers(1, 5)), 3)).astype(np.float32) for _ in range(200)
+    ]
+
+    results = await asyncio.gather(*(batcher.submit({"x": x}) for x in requests))
+
+    for x, out in zip(requests, results, strict=True):
+        np.testing.assert_array_equal(out["y"], 2 * x + 1)
+        np.testing.assert_array_equal(out["row_sum"], x.sum(axis=1, keepdims=True))
+    assert sum(b.shape[0] for b in graph.batches) == sum(x.shape[0] for x in requests)
+    assert len(graph.batches) < len(requests) / 4, "concurrent requests were not merged"
+    assert max(b.shape[0] for b in graph.batches) <= 32
+    await batcher.close()
+
+
+async def test_max_batch_size_one_runs_every_request_alone():
+    graph = RecordingGraph()
+    batcher = make(graph, max_batch_size=1, max_queue_delay_ms=10)
+    await asyncio.gather(
+        *(batcher.submit({"x": np.full((1, 2), i, np.float32)}) for i in range(20))
+    )
+    assert [b.shape[0] for b in graph.batches] == [1] * 20
+    await batcher.close()
+
+
+async def test_a_lone_request_waits_no_longer_than_the_queue_delay():
+    graph = RecordingGraph()
+    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=50)
+    started = time.monotonic()
+    await batcher.submit({"x": np.ones((1, 2), np.float32)})
+    elapsed = time.monotonic() - started
+    assert 0.045 <= elapsed < 1.0
+    await batcher.close()
+
+
+async def test_a_request_larger_than_the_batch_runs_alone():
+    graph = RecordingGraph()
+    batcher = make(graph, max_batch_size=4, max_queue_delay_ms=1)
+    big = np.arange(20, dtype=np.float32).reshape(10, 2)
+    out = await batcher.submit({"x": big})
+    np.testing.assert_array_equal(out["y"], 2 * big + 1)
+    assert [b.shape[0] for b in graph.batches] == [10]
+    await batcher.close()
+
+
+async def test_full_queue_refuses_at_once_and_keeps_serving():
+    gate = threading.Event()
+    graph = RecordingGraph(gate=gate)
+    batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=3)
+    first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
+    await asyncio.sleep(0.05)  # the first is now running, held at the gate
+    waiting = [
+        asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i, np.float32)}))
+        for i in range(3)
+    ]
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await batcher.submit({"x": np.zeros((1, 1), np.float32)})
+    assert time.monotonic() - started < 0.05
+    gate.set()
+    await first
+    results = await asyncio.gather(*waiting)
+    assert [float(r["y"][0, 0]) for r in results] == [1.0, 3.0, 5.0]
+    await batcher.close()
+
+
+async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed():
+    gate = threading.Event()
+    graph = RecordingGraph(gate=gate)
+    batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0)
+    blocker = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
+    await asyncio.sleep(0.05)
+    doomed = asyncio.ensure_future(
+        batcher.submit({"x": np.full((1, 1), 7, np.float32)}, deadline=time.monotonic() + 0.05)
+    )
+    alive = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 8, np.float32)}))
+    await asyncio.sleep(0.1)
+    gate.set()
+    await blocker
+    with pytest.raises(DeadlineExceeded):
+        await doomed
+    assert float((await alive)["y"][0, 0]) == 17.0
+    computed = {float(b[0, 0]) for b in graph.batches}
+    assert 7.0 not in computed and 8.0 in computed
+    await batcher.close()
+
+
+async def test_a_cancelled_request_is_removed_from_the_queue():
+    gate = threading.Event()
+    graph = RecordingGraph(gate=gate)
+    batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0)
+    blocker = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
+    await asyncio.sleep(0.05)
+    leaving = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 5, np.float32)}))
+    await asyncio.sleep(0.01)
+    assert batcher.queue_depth == 1
+    leaving.cancel()
+    await asyncio.sleep(0.01)
+    assert batcher.queue_depth == 0
+    gate.set()
+    await blocker
+    await batcher.submit({"x": np.ones((1, 1), np.float32)})
+    assert 5.0 not in {float(b[0, 0]) for b in graph.batches}
+    await batcher.close()
+
+
+async def test_a_failing_graph_fails_only_its_batch():
+    calls = {"n": 0}
+
+    def flaky(inputs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return {"y": inputs["x"] + 1}
+
+    batcher = make(flaky, max_batch_size=8, max_queue_delay_ms=0)
+    with pytest.raises(RuntimeError, match="boom"):
+        await batcher.submit({"x": np.zeros((1, 1), np.float32)})
+    out = await batcher.submit({"x": np.zeros((1, 1), np.float32)})
+    assert float(out["y"][0, 0]) == 1.0
+    await batcher.close()
+
+
+async def test_a_graph_returning_the_wrong_number_of_rows_fails_the_callers():
+    batcher = make(lambda inputs: {"y": inputs["x"][:1]}, max_batch_size=8, max_queue_delay_ms=20)
+    results = await asyncio.gather(
+        batcher.submit({"x": np.zeros((2, 1), np.float32)}),
+        batcher.submit({"x": np.zeros((3, 1), np.float32)}),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, RuntimeError) and "rows" in str(r) for r in results)
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses():
+    graph = RecordingGraph(delay_s=0.01)
+    batcher = make(graph, max_batch_size=2, max_queue_delay_ms=0)
+    pending = [
+        asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i, np.float32)}))
+        for i in range(6)
+    ]
+    await asyncio.sleep(0)
+    await batcher.close()
+    assert [float(p.result()["y"][0, 0]) for p in pending] == [1, 3, 5, 7, 9, 11]
+
+
+def test_policy_rejects_bad_values_quoting_them():
+    with pytest.raises(ValueError, match="max_batch_size must be >= 1, got 0"):
+        BatchPolicy(max_batch_size=0)
