@@ -51,9 +51,18 @@ def train_tiny_vae(out: Path, name: str = TINY, steps: int = 40) -> Path:
 
 
 @pytest.fixture(scope="session")
-def model_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("models")
+def tiny_repo(tmp_path_factory) -> Path:
+    """A model repository holding only the tiny VAE trained here."""
+    repo = tmp_path_factory.mktemp("tiny-models")
     train_tiny_vae(repo)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def model_repo(tiny_repo: Path, tmp_path_factory) -> Path:
+    """The tiny VAE beside a copy of the committed vae-fashion."""
+    repo = tmp_path_factory.mktemp("models")
+    shutil.copytree(tiny_repo / TINY, repo / TINY)
     shutil.copytree(COMMITTED_VAE, repo / COMMITTED_VAE.name)
     return repo
 

@@ -42,6 +42,7 @@ class ModelRegistry:
         self._context = context
         self._models: dict[str, ServedModel] = {}
         self._refused: set[Path] = set()
+        self._loaded_once = False
 
     def names(self) -> list[str]:
         return sorted(self._models)
@@ -61,6 +62,8 @@ class ModelRegistry:
             raise errors.InvalidArgument("model_name", "is required")
         model = self._models.get(name)
         if model is None:
+            if not self._loaded_once:
+                raise errors.Unavailable("models are still loading; retry shortly")
             raise errors.NotFound(name, self.names())
         if call is not None and call not in model.calls:
             raise errors.Unimplemented(name, model.family, call, list(model.calls))
@@ -91,6 +94,7 @@ class ModelRegistry:
                     metrics.MODEL_LOADED.labels(model=name, version=current.config.version).set(0)
                     await current.close()
                 break
+        self._loaded_once = True
         return changed
 
     async def _load(self, folder: Path) -> ServedModel | None:

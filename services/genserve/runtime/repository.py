@@ -189,7 +189,9 @@ def scan(root: Path, family: str | None = None) -> dict[str, list[Path]]:
         found = versions(model_dir)
         if not found:
             continue
-        if family is None or family_of(found[0]) == family:
+        declared = family_of(found[0])
+        # An unreadable config is kept so that loading it logs why it is refused.
+        if family is None or declared is None or declared == family:
             models[model_dir.name] = found
     return models
 

@@ -285,3 +285,7 @@ def _write_grid(images: np.ndarray, args: argparse.Namespace) -> None:
         raise _UsageError("the model returned images: give -o FILE.png to write them")
     image_io.save_png(image_io.grid(images, nrow=args.nrow, scale=args.scale), args.output)
     print(f"wrote {len(images)} images to {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
