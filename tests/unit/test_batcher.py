@@ -192,3 +192,15 @@ async def test_close_finishes_queued_work_then_refuses():
 def test_policy_rejects_bad_values_quoting_them():
     with pytest.raises(ValueError, match="max_batch_size must be >= 1, got 0"):
         BatchPolicy(max_batch_size=0)
+
+
+async def test_a_caller_who_leaves_while_its_batch_fills_is_not_computed():
+    graph = RecordingGraph()
+    batcher = make(graph, max_batch_size=8, max_queue_delay_ms=200)
+    leaving = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 4, np.float32)}))
+    await asyncio.sleep(0.05)  # the worker holds it as the head of a filling batch
+    leaving.cancel()
+    staying = await batcher.submit({"x": np.full((1, 1), 6, np.float32)})
+    assert float(staying["y"][0, 0]) == 13.0
+    assert 4.0 not in {float(v) for b in graph.batches for v in b.ravel()}
+    await batcher.close()

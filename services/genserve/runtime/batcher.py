@@ -183,7 +183,8 @@ class RequestBatcher:
                 break
             batch.append(item)
             rows += item.rows
-        return batch
+        # Callers may have left, or run out of time, while the batch filled.
+        return [item for item in batch if self._still_wanted(item)]
 
     async def _take_live(self, wait_until: float | None) -> _Item | None:
         """Pop the next request still worth running, waiting until wait_until.
@@ -207,13 +208,19 @@ class RequestBatcher:
                     return None
             item = self._queue.popleft()
             self._depth.set(len(self._queue))
-            if item.future.done():
-                continue
-            if item.deadline is not None and time.monotonic() >= item.deadline:
-                metrics.QUEUE_DROPPED.labels(**self._labels, reason="deadline").inc()
-                _fail(item, DeadlineExceeded("the deadline passed while the request was queued"))
-                continue
-            return item
+            if self._still_wanted(item):
+                return item
+
+    def _still_wanted(self, item: _Item) -> bool:
+        """False, after failing it, for a request whose caller left or deadline passed."""
+        if item.future.done():
+            metrics.QUEUE_DROPPED.labels(**self._labels, reason="cancelled").inc()
+            return False
+        if item.deadline is not None and time.monotonic() >= item.deadline:
+            metrics.QUEUE_DROPPED.labels(**self._labels, reason="deadline").inc()
+            _fail(item, DeadlineExceeded("the deadline passed while the request was queued"))
+            return False
+        return True
 
     async def _run(self, batch: list[_Item]) -> None:
         """Run one merged batch and resolve or fail every future in it."""

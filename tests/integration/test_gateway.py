@@ -1,0 +1,85 @@
+"""The gateway in front of several backends: failover, ejection, deadlines."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from genserve.client import Client, DeadlineExceededError, UnavailableError
+from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
+
+from .conftest import TINY, scrape, total
+
+
+def start(sup: Supervisor, module: str, *args: str) -> tuple[object, str, str]:
+    port, metrics_port = free_ports(2)
+    target = f"127.0.0.1:{port}"
+    child = sup.start(
+        f"{module}-{port}",
+        python_module_command(
+            module, "--port", str(port), "--metrics-port", str(metrics_port), *args
+        ),
+        health_target=target,
+    )
+    sup.wait_healthy(child, timeout_s=60)
+    return child, target, f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def start_family(sup, repo, *args):
+    return start(sup, "genserve.families", "--family", "vae", "--models", str(repo), *args)
+
+
+def test_seeded_calls_survive_a_backend_dying(tiny_repo, tmp_path):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        first, first_target, _ = start_family(sup, tiny_repo)
+        _, second_target, _ = start_family(sup, tiny_repo)
+        _, gateway, gateway_metrics = start(
+            sup, "genserve.gateway", "--backend", first_target, "--backend", second_target,
+            "--refresh-s", "0.5",
+        )  # fmt: skip
+        with Client(gateway, timeout_s=10, retries=0) as client:
+            expected = client.generate(TINY, 2, seed=3).images
+            first.popen.kill()
+            first.popen.wait(5)
+            for _ in range(10):
+                assert client.generate(TINY, 2, seed=3).images.tobytes() == expected.tobytes()
+            time.sleep(1.5)
+            up = scrape(gateway_metrics)
+            assert total(up, "genserve_gateway_backend_up", backend=first_target) == 0
+            assert total(up, "genserve_gateway_backend_up", backend=second_target) == 1
+            assert [m.name for m in client.list_models()] == [TINY]
+
+
+def test_with_every_backend_gone_calls_are_unavailable_not_internal(tiny_repo, tmp_path):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        family, target, _ = start_family(sup, tiny_repo)
+        _, gateway, _ = start(sup, "genserve.gateway", "--backend", target, "--refresh-s", "0.3")
+        with Client(gateway, timeout_s=10, retries=0) as client:
+            assert client.generate(TINY, 1, seed=1).images.shape == (1, 1, 28, 28)
+            family.popen.kill()
+            family.popen.wait(5)
+            with pytest.raises(UnavailableError):
+                client.generate(TINY, 1, seed=1)
+            time.sleep(1.0)
+            with pytest.raises(UnavailableError, match="unhealthy"):
+                client.generate(TINY, 1, seed=1)
+
+
+def test_the_callers_deadline_reaches_the_backend_queue(tiny_repo, tmp_path):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        _, target, family_metrics = start_family(sup, tiny_repo, "--max-queue-delay-ms", "1500")
+        _, gateway, _ = start(sup, "genserve.gateway", "--backend", target)
+        labels = {"model": TINY, "graph": "decoder"}
+        before = scrape(family_metrics)
+        with Client(gateway, retries=0) as client, pytest.raises(DeadlineExceededError):
+            client.generate(TINY, 1, seed=1, timeout_s=0.3)
+        time.sleep(2.0)  # past the queue delay: a kept request would have run by now
+        after = scrape(family_metrics)
+        dropped = total(after, "genserve_queue_dropped_total", **labels) - total(
+            before, "genserve_queue_dropped_total", **labels
+        )
+        ran = total(after, "genserve_batch_size_count", **labels) - total(
+            before, "genserve_batch_size_count", **labels
+        )
+        assert dropped == 1 and ran == 0
