@@ -243,18 +243,21 @@ def render_report(results: dict[str, Any], reading: str) -> str:
     """The whole Markdown report."""
     machine, settings = results["machine"], results["settings"]
     gpu = f"- GPU: {machine['gpu']}\n" if machine["gpu"] else ""
-    policy = json.dumps(settings["batching_policy"]) if settings["batching_policy"] else "?"
+    policy = ", ".join(f"{k} {v}" for k, v in settings["batching_policy"].items()) or "?"
     return f"""# Benchmarks
 
-Generate with 1 sample on `{settings["model"]}`, closed loop: each of
-*concurrency* clients sends its next request as soon as the previous one
-returns. **batching on** = the model's own policy ({policy});
-**off** = the family service started with `--max-batch-size 1`. **direct** =
-client to family service; **gateway** = client to gateway to family service.
-Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s
-measured. Latency percentiles are over successful calls; errors are counted by
-status code. The load generator (`bench/loadgen.py`, one grpc.aio channel) runs
-on the same machine as the services.
+Request batching on and off, direct and through the gateway.
+
+- Call: Generate with 1 sample on `{settings["model"]}`, closed loop: each of
+  *concurrency* clients sends its next request as soon as the previous one returns.
+- Batching **on**: the model's own policy (`{policy}`); **off**: the family
+  service started with `--max-batch-size 1`.
+- Path **direct**: client to family service; **gateway**: client to gateway to
+  family service.
+- Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s measured.
+  Latency percentiles are over successful calls; errors are counted by status code.
+- The load generator (`bench/loadgen.py`: asyncio, one grpc.aio channel) runs on
+  the same machine and shares its cores with the services.
 
 {render_table(results["cells"])}
 

@@ -77,6 +77,13 @@ def test_seeded_samples_do_not_depend_on_what_else_is_in_the_batch(client):
     assert crowd[11 - 5].tobytes() == alone.tobytes()
 
 
+def test_generate_stream_ends_with_the_same_result_as_generate(client):
+    events = list(client.generate_stream(TINY, 4, seed=9))
+    assert events, "the stream sent nothing"
+    final = events[-1]
+    assert final.images.tobytes() == client.generate(TINY, 4, seed=9).images.tobytes()
+
+
 def test_png_output_decodes_to_the_same_pixels(client):
     tensor = client.generate(TINY, 4, seed=3).images
     pngs = client.generate(TINY, 4, seed=3, output_format="png").pngs
@@ -117,6 +124,7 @@ def test_the_tiny_model_reconstructs_each_image_better_than_others(client, test_
         (lambda c: c.encode(TINY, np.zeros((2, 1, 27, 27), np.float32)), "images.tensor.shape"),
         (lambda c: c.reconstruct(TINY, np.full((1, 1, 28, 28), 2.0, np.float32)), "images.tensor"),
         (lambda c: c.generate(TINY, 1, seed=1, top_p=1.5), "sampler.top_p"),
+        (lambda c: c.encode(TINY, texts=["a shirt"]), "texts"),
     ],
 )
 def test_bad_input_is_invalid_argument_naming_the_field(client, call, field):

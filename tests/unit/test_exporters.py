@@ -98,7 +98,7 @@ def test_exported_graphs_match_pytorch_and_the_repository_contract(tmp_path):
     for batch_size in (1, 64):
         (images,) = decoder.run(None, {"latent": np.zeros((batch_size, 16), np.float32)})
         assert images.shape == (batch_size, 1, 28, 28)
-        assert 0.0 <= images.min() and images.max() <= 1.0
+        assert images.min() >= 0.0 and images.max() <= 1.0
 
 
 def test_parity_check_fails_on_a_perturbed_weight(tmp_path):
@@ -149,9 +149,11 @@ def test_train_and_export_writes_a_checked_version_folder(tmp_path):
         body = (folder / name).read_bytes()
         assert record == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
 
-    with pytest.raises(FileExistsError, match="--overwrite"):
-        with repository.staged_version(tmp_path, "vae-digits", 3):
-            pass
+    with (
+        pytest.raises(FileExistsError, match="--overwrite"),
+        repository.staged_version(tmp_path, "vae-digits", 3),
+    ):
+        pass
 
     png = tmp_path / "grid.png"
     grid.main(["--model-dir", str(folder), "--out", str(png), "--rows", "2", "--seed", "1"])

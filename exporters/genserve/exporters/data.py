@@ -71,7 +71,9 @@ def fashion_mnist_dir() -> Path:
     return Path(os.environ.get(FASHION_MNIST_DIR_ENV) or FASHION_MNIST_DEFAULT_DIR)
 
 
-def load_fashion_mnist(split: Split = "train", root: str | os.PathLike | None = None) -> ImageDataset:
+def load_fashion_mnist(
+    split: Split = "train", root: str | os.PathLike | None = None
+) -> ImageDataset:
     """Load one split of Fashion-MNIST.
 
     Args:

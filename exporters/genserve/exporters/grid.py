@@ -51,7 +51,9 @@ def write_png(path: Path, grey: np.ndarray) -> None:
     """Write an 8-bit greyscale PNG (stdlib only)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     height, width = grey.shape
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
@@ -62,7 +64,9 @@ def write_png(path: Path, grey: np.ndarray) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m genserve.exporters.grid", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m genserve.exporters.grid", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--model-dir", type=Path, required=True, help="a version folder")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--seed", type=int, default=1)

@@ -55,6 +55,19 @@ def version_dir(out: Path, name: str, version: int) -> Path:
     return Path(out) / name / str(version)
 
 
+def check_free(out: Path, name: str, version: int, *, overwrite: bool = False) -> Path:
+    """The version folder, after checking that it may be written.
+
+    Raises:
+        ValueError: the name or version is not valid.
+        FileExistsError: the version exists and ``overwrite`` is false.
+    """
+    final = version_dir(out, name, version)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; choose another version or pass --overwrite")
+    return final
+
+
 @contextlib.contextmanager
 def staged_version(
     out: Path, name: str, version: int, *, overwrite: bool = False
@@ -64,9 +77,7 @@ def staged_version(
     Raises:
         FileExistsError: the version exists and ``overwrite`` is false.
     """
-    final = version_dir(out, name, version)
-    if final.exists() and not overwrite:
-        raise FileExistsError(f"{final} exists; choose another version or pass --overwrite")
+    final = check_free(out, name, version, overwrite=overwrite)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=final.parent))
     try:

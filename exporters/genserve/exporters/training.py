@@ -48,7 +48,7 @@ class TrainConfig:
     """Passes over the training set."""
     batch_size: int = 128
     """Images per optimizer step."""
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     """Peak Adam learning rate; it follows a cosine decay to 5% of the peak."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (a quick test run); None trains every epoch."""

@@ -5,7 +5,7 @@ Trains on Fashion-MNIST (or the 5k MNIST digits), exports ``encoder.onnx``
 checks them against PyTorch and writes ``<out>/<name>/<version>/``::
 
     python -m genserve.exporters.vae --out models --name vae-fashion --version 1 \\
-        --epochs 30 --seed 0
+        --epochs 12 --seed 0 --threads 2
 
 Symbols: x is an image, z a latent, q(z|x) = N(mean, exp(log_variance)) the
 encoder, p(x|z) = Bernoulli(decoder(z)) per pixel and p(z) = N(0, I).
@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from genserve.exporters import onnx_export, repository, training
-from genserve.exporters.data import load_dataset
+from genserve.exporters.data import DatasetMissing, load_dataset
 
 logger = logging.getLogger(__name__)
 
+PROG = "python -m genserve.exporters.vae"
 IMAGE_SHAPE = (1, 28, 28)
 EVAL_LIMIT_QUICK = 1000  # test images evaluated when --max-steps asks for a quick run
 DATASET_CARDS = {
@@ -47,7 +48,7 @@ class VAEConfig:
 
     latent_dim: int = 16
     """Size D of the latent z."""
-    channels: tuple[int, int] = (32, 64)
+    channels: tuple[int, int] = (16, 32)
     """Conv widths at 14x14 and at 7x7 (the decoder mirrors them)."""
     hidden_dim: int = 256
     """Width of the fully connected layer between the 7x7 features and z."""
@@ -192,7 +193,12 @@ def export_graphs(model: VAE, folder: Path) -> tuple[dict, dict]:
     model.eval()
     d = model.config.latent_dim
     specs = {
-        "encoder": (model.encoder, ["image"], ["mean", "log_variance"], torch.rand(2, *IMAGE_SHAPE)),
+        "encoder": (
+            model.encoder,
+            ["image"],
+            ["mean", "log_variance"],
+            torch.rand(2, *IMAGE_SHAPE),
+        ),
         "decoder": (model.decoder, ["latent"], ["image"], torch.randn(2, d)),
     }
     make_inputs = {
@@ -246,7 +252,7 @@ def train_and_export(
     """
     model_config = model_config or VAEConfig()
     train_config = train_config or training.TrainConfig()
-    repository.version_dir(out, name, version)  # fail on a bad name before training
+    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
     generator = training.seed_everything(seed)
     train_images = torch.from_numpy(load_dataset(data, "train").images)
     test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
@@ -303,21 +309,19 @@ def _equivalent_command(
     args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
     if config.max_steps is not None:
         args += ["--max-steps", str(config.max_steps)]
-    return shlex.join(["python", "-m", __spec__.name if __spec__ else __name__, *args])
+    return f"{PROG} {shlex.join(args)}"
 
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m genserve.exporters.vae", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
     parser.add_argument("--name", default="vae-fashion", help="model name (folder under --out)")
     parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
     parser.add_argument("--data", choices=sorted(DATASET_CARDS), default="fashion")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=training.TrainConfig.epochs)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=training.TrainConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=training.TrainConfig.learning_rate)
     parser.add_argument("--latent-dim", type=int, default=VAEConfig.latent_dim)
     parser.add_argument(
         "--max-steps",
@@ -335,25 +339,35 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("genserve").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)  # named __main__ under python -m
     torch.set_num_threads(args.threads)
-    folder = train_and_export(
-        out=args.out,
-        name=args.name,
-        version=args.version,
-        data=args.data,
-        seed=args.seed,
-        model_config=VAEConfig(latent_dim=args.latent_dim),
-        train_config=training.TrainConfig(
+    try:
+        repository.version_dir(args.out, args.name, args.version)
+        model_config = VAEConfig(latent_dim=args.latent_dim)
+        train_config = training.TrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             max_steps=args.max_steps,
-        ),
-        eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
-        command=shlex.join(["python", "-m", "genserve.exporters.vae", *argv]),
-        checkpoint=args.checkpoint,
-        overwrite=args.overwrite,
-    )
+        )
+    except ValueError as e:
+        sys.exit(f"{PROG}: error: {e}")
+    try:
+        folder = train_and_export(
+            out=args.out,
+            name=args.name,
+            version=args.version,
+            data=args.data,
+            seed=args.seed,
+            model_config=model_config,
+            train_config=train_config,
+            eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
+            command=f"{PROG} {shlex.join(argv)}",
+            checkpoint=args.checkpoint,
+            overwrite=args.overwrite,
+        )
+    except (DatasetMissing, FileExistsError) as e:
+        sys.exit(f"{PROG}: error: {e}")
     print(folder)
 
 

@@ -154,6 +154,10 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         has_images = request.HasField("images")
         if has_images == bool(request.texts):
             raise convert.InvalidArgument("images", "set exactly one of images and texts")
+        if model.image_shape and not has_images:
+            raise convert.InvalidArgument("texts", f"model {model.name} encodes images, not texts")
+        if not model.image_shape and has_images:
+            raise convert.InvalidArgument("images", f"model {model.name} encodes texts, not images")
         images = convert.images("images", request.images, model) if has_images else None
         encoding = await model.encode(images, list(request.texts), _deadline(context))
         response = pb.EncodeResponse(

@@ -210,6 +210,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of `genserve-up`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s genserve-up: %(message)s")
+    # Ctrl-C and SIGTERM both raise KeyboardInterrupt, which stops everything
+    # gracefully; SIGINT is set too, as a shell ignores it in background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run(parse_args(argv))
