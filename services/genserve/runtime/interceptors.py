@@ -15,6 +15,7 @@ Every RPC of a genserve process passes through `ServingInterceptor`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import time
@@ -104,66 +105,45 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             )
         return handler
 
-    def _begin(self, context, incoming: dict) -> None:
+    @contextlib.asynccontextmanager
+    async def _serving(self, method: str, request, context, incoming: dict):
+        """Around one RPC: request id, in-flight gauge, error mapping, metrics."""
         rid = incoming.get(REQUEST_ID_KEY) or uuid.uuid4().hex[:16]
         request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
-
-    def _record(self, method, model, context, started, failed) -> None:
-        code = _code_name(context, failed)
-        metrics.REQUESTS.labels(method=method, model=model, code=code).inc()
-        metrics.REQUEST_DURATION.labels(method=method, model=model).observe(
-            time.monotonic() - started
-        )
+        model, started, failed = _model_of(request, self._known), time.monotonic(), None
+        in_flight = metrics.IN_FLIGHT.labels(method=method)
+        in_flight.inc()
+        try:
+            yield
+        except asyncio.CancelledError:
+            failed = Cancelled("the caller went away")
+            raise
+        except Exception as exc:
+            if _is_abort(exc):
+                raise
+            failed = exc
+            await _abort(context, exc, method)
+        finally:
+            in_flight.dec()
+            code = _code_name(context, failed)
+            metrics.REQUESTS.labels(method=method, model=model, code=code).inc()
+            metrics.REQUEST_DURATION.labels(method=method, model=model).observe(
+                time.monotonic() - started
+            )
 
     def _wrap_unary(self, behavior, method, incoming):
         async def wrapped(request, context):
-            self._begin(context, incoming)
-            model, started, failed = _model_of(request, self._known), time.monotonic(), None
-            in_flight = metrics.IN_FLIGHT.labels(method=method)
-            in_flight.inc()
-            try:
+            async with self._serving(method, request, context, incoming):
                 return await behavior(request, context)
-            except asyncio.CancelledError:
-                failed = Cancelled("the caller went away")
-                raise
-            except GenserveError as exc:
-                failed = exc
-                await _abort(context, exc, method)
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                failed = exc
-                await _abort(context, exc, method)
-            finally:
-                in_flight.dec()
-                self._record(method, model, context, started, failed)
 
         return wrapped
 
     def _wrap_stream(self, behavior, method, incoming):
         async def wrapped(request, context):
-            self._begin(context, incoming)
-            model, started, failed = _model_of(request, self._known), time.monotonic(), None
-            in_flight = metrics.IN_FLIGHT.labels(method=method)
-            in_flight.inc()
-            try:
+            async with self._serving(method, request, context, incoming):
                 async for response in behavior(request, context):
                     yield response
-            except asyncio.CancelledError:
-                failed = Cancelled("the caller went away")
-                raise
-            except GenserveError as exc:
-                failed = exc
-                await _abort(context, exc, method)
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                failed = exc
-                await _abort(context, exc, method)
-            finally:
-                in_flight.dec()
-                self._record(method, model, context, started, failed)
 
         return wrapped
 
