@@ -186,7 +186,7 @@ def _validate(
     if concurrency < 1:
         raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     if not allow_remote and not is_loopback_target(target):
-        raise ValueError(f"target {target!r} is not on loopback; pass allow_remote to load it")
+        raise ValueError(f"target {target!r} is not on loopback; allow it with --allow-remote")
 
 
 async def run_load_async(

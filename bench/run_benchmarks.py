@@ -1,9 +1,10 @@
 """Measure request batching on and off, direct and through the gateway.
 
 `make bench` runs `python bench/run_benchmarks.py --out docs/benchmarks.md`.
-In one run it starts the vae family service twice (batching on: the models'
-own policies; batching off: `--max-batch-size 1`) with a gateway in front of
-each, all on free loopback ports, then measures Generate (1 sample) on
+In one run it starts the vae family service three times (batching on: the
+models' own policies with the adaptive delay; fixed: the same policy but
+always waiting out the queue delay, as Triton's dynamic batcher does; off:
+`--max-batch-size 1`) with a gateway in front of each, all on free loopback ports, then measures Generate (1 sample) on
 vae-fashion at concurrency 1, 8 and 64 for every {batching} x {path} cell,
 each after a warmup. It writes a Markdown report and the raw JSON
 (bench/results/latest.json). The "## Reading the numbers" section of an
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import run_load
 
 REPO = Path(__file__).resolve().parents[1]
-BATCHING_FLAGS = {"on": [], "off": ["--max-batch-size", "1"]}
+BATCHING_FLAGS = {"on": [], "fixed": ["--fixed-delay"], "off": ["--max-batch-size", "1"]}
 PATHS = ("direct", "gateway")
 READING_HEADING = "## Reading the numbers"
 READING_PLACEHOLDER = "_To be written: what the table shows and why._\n"
@@ -57,7 +58,7 @@ class Deployment:
     """One family service and the gateway in front of it."""
 
     batching: str
-    """"on" or "off"."""
+    """"on", "fixed" or "off"."""
     service: str
     """The family service's host:port."""
     gateway: str
@@ -127,7 +128,7 @@ def measure(
     for deployment in deployments:
         for path in PATHS:
             for concurrency in concurrencies:
-                label = f"{path:7} batching {deployment.batching:3} concurrency {concurrency:3}"
+                label = f"{path:7} batching {deployment.batching:5} concurrency {concurrency:3}"
                 print(f"  {label} ...", end="", flush=True)
                 report = run_load(
                     deployment.target(path),
@@ -246,12 +247,15 @@ def render_report(results: dict[str, Any], reading: str) -> str:
     policy = ", ".join(f"{k} {v}" for k, v in settings["batching_policy"].items()) or "?"
     return f"""# Benchmarks
 
-Request batching on and off, direct and through the gateway.
+Request batching on (adaptive delay), fixed delay and off, direct and through the gateway.
 
 - Call: Generate with 1 sample on `{settings["model"]}`, closed loop: each of
   *concurrency* clients sends its next request as soon as the previous one returns.
-- Batching **on**: the model's own policy (`{policy}`); **off**: the family
-  service started with `--max-batch-size 1`.
+- Batching **on**: the model's own policy (`{policy}`), whose adaptive delay
+  stops waiting once a batch holds as many requests as recent batches did;
+  **fixed**: the same policy but every batch waits out the queue delay unless it
+  fills (`--fixed-delay`, how Triton's dynamic batcher behaves); **off**: the
+  family service started with `--max-batch-size 1`.
 - Path **direct**: client to family service; **gateway**: client to gateway to
   family service.
 - Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s measured.
@@ -362,7 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
     write_outputs(results, Path(args.out), Path(args.json_out))
-    print(f"wrote {args.out} and {args.json_out} in {time.monotonic() - started:.0f} s")
+    written = f"{relative(Path(args.out))} and {relative(Path(args.json_out))}"
+    print(f"wrote {written} in {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -68,7 +68,9 @@ def test_with_every_backend_gone_calls_are_unavailable_not_internal(tiny_repo, t
 
 def test_the_callers_deadline_reaches_the_backend_queue(tiny_repo, tmp_path):
     with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
-        _, target, family_metrics = start_family(sup, tiny_repo, "--max-queue-delay-ms", "1500")
+        _, target, family_metrics = start_family(
+            sup, tiny_repo, "--max-queue-delay-ms", "1500", "--fixed-delay"
+        )
         _, gateway, _ = start(sup, "genserve.gateway", "--backend", target)
         labels = {"model": TINY, "graph": "decoder"}
         before = scrape(family_metrics)

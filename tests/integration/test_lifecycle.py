@@ -45,7 +45,7 @@ def wait_for(predicate, timeout_s: float = 15.0) -> bool:
 def test_sigterm_finishes_in_flight_calls_then_exits_cleanly(tiny_repo, tmp_path):
     with Supervisor(log_dir=tmp_path, grace_s=15) as sup:
         # A long queue delay keeps the call in flight when SIGTERM arrives.
-        child, target = start_family(sup, tiny_repo, "--max-queue-delay-ms", "800")
+        child, target = start_family(sup, tiny_repo, "--max-queue-delay-ms", "800", "--fixed-delay")
         results: dict[str, object] = {}
 
         def call() -> None:

@@ -67,13 +67,38 @@ async def test_max_batch_size_one_runs_every_request_alone():
     await batcher.close()
 
 
-async def test_a_lone_request_waits_no_longer_than_the_queue_delay():
+async def test_with_a_fixed_delay_a_lone_request_waits_the_delay_out():
     graph = RecordingGraph()
-    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=50)
+    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=50, adaptive_delay=False)
     started = time.monotonic()
     await batcher.submit({"x": np.ones((1, 2), np.float32)})
     elapsed = time.monotonic() - started
     assert 0.045 <= elapsed < 1.0
+    await batcher.close()
+
+
+async def test_with_the_adaptive_delay_a_lone_caller_never_waits():
+    graph = RecordingGraph()
+    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=300)
+    started = time.monotonic()
+    for i in range(5):
+        await batcher.submit({"x": np.full((1, 2), i, np.float32)})
+    assert time.monotonic() - started < 0.25, "sequential calls paid the queue delay"
+    await batcher.close()
+
+
+async def test_the_adaptive_delay_still_waits_for_a_steady_crowd():
+    graph = RecordingGraph(delay_s=0.002)
+    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=20)
+
+    async def caller(i: int) -> None:
+        for _ in range(30):
+            await asyncio.sleep(0.001 * (i % 3))  # arrivals spread over a few ms
+            await batcher.submit({"x": np.full((1, 1), i, np.float32)})
+
+    await asyncio.gather(*(caller(i) for i in range(8)))
+    late = [b.shape[0] for b in graph.batches[len(graph.batches) // 2 :]]
+    assert sum(late) / len(late) >= 6, f"8 steady callers formed batches of {late}"
     await batcher.close()
 
 
@@ -196,7 +221,7 @@ def test_policy_rejects_bad_values_quoting_them():
 
 async def test_a_caller_who_leaves_while_its_batch_fills_is_not_computed():
     graph = RecordingGraph()
-    batcher = make(graph, max_batch_size=8, max_queue_delay_ms=200)
+    batcher = make(graph, max_batch_size=8, max_queue_delay_ms=200, adaptive_delay=False)
     leaving = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 4, np.float32)}))
     await asyncio.sleep(0.05)  # the worker holds it as the head of a filling batch
     leaving.cancel()

@@ -31,9 +31,10 @@ class CannedModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     async def Generate(self, request, context):
         self.calls += 1
+        number = self.calls
         self.seeds.append(request.seed)
         await asyncio.sleep(self.delay_s)
-        if self.calls % 3 == 0:
+        if number % 3 == 0:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "queue is full")
         return model_service_pb2.GenerateResponse(
             model_name=request.model_name, model_version="1", seed=request.seed

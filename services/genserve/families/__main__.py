@@ -8,6 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
@@ -32,8 +33,8 @@ class FamilyConfig:
     """Ports and limits."""
     session: SessionOptions = field(default_factory=SessionOptions)
     """Execution provider and threads."""
-    batching_override: BatchPolicy | None = None
-    """Replaces every model's batching policy when set (e.g. max batch 1 to turn it off)."""
+    batching_overrides: dict[str, Any] = field(default_factory=dict)
+    """BatchPolicy fields that replace every model's own (e.g. max_batch_size 1: batching off)."""
     poll_s: float = 5.0
     """How often to look for new model versions; 0 never."""
     session_workers: int = 2
@@ -54,6 +55,11 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument("--max-batch-size", type=int, help="override every model's policy")
     parser.add_argument("--max-queue-delay-ms", type=float, help="override every model's policy")
     parser.add_argument("--max-queue-size", type=int, help="override every model's policy")
+    parser.add_argument(
+        "--fixed-delay",
+        action="store_true",
+        help="always wait out max_queue_delay_ms (no adaptive delay)",
+    )
     parser.add_argument("--poll-s", type=float, default=5.0, help="new-version poll; 0 never")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -64,16 +70,18 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
             "max_batch_size": args.max_batch_size,
             "max_queue_delay_ms": args.max_queue_delay_ms,
             "max_queue_size": args.max_queue_size,
+            "adaptive_delay": False if args.fixed_delay else None,
         }.items()
         if v is not None
     }
     try:
+        BatchPolicy(**overrides)  # quotes a bad value now rather than at load
         return FamilyConfig(
             family=args.family,
             models=args.models,
             server=ServerConfig(args.host, args.port, args.metrics_port, args.grace_s),
             session=SessionOptions(args.provider, args.intra_op_threads),
-            batching_override=BatchPolicy(**overrides) if overrides else None,
+            batching_overrides=overrides,
             poll_s=args.poll_s,
             session_workers=args.session_workers,
         )
@@ -84,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
 async def run(config: FamilyConfig) -> None:
     """Load the family's models and serve them until SIGTERM."""
     executor = ThreadPoolExecutor(config.session_workers, thread_name_prefix="session")
-    context = LoadContext(config.session, executor, config.batching_override)
+    context = LoadContext(config.session, executor, config.batching_overrides)
     registry = ModelRegistry(config.models, config.family, model_class(config.family), context)
     poller: asyncio.Task | None = None
 

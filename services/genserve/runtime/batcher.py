@@ -3,8 +3,9 @@
 Requests for one graph wait in a bounded queue. One background task takes the
 first waiting request, keeps filling the batch until it holds
 `max_batch_size` rows or `max_queue_delay_ms` has passed since that request
-arrived, concatenates the inputs along the batch axis, runs the graph off the
-event loop, and hands each caller back exactly its own rows.
+arrived (or, with the adaptive delay, until as many requests have joined as
+recent batches held), concatenates the inputs along the batch axis, runs the
+graph off the event loop, and hands each caller back exactly its own rows.
 
 A full queue refuses at once (ResourceExhausted); a request whose deadline has
 passed while it waited is dropped, not computed (DeadlineExceeded); a caller
@@ -28,6 +29,8 @@ from genserve.runtime.errors import DeadlineExceeded, GenserveError, ResourceExh
 
 logger = logging.getLogger(__name__)
 
+_EWMA_WEIGHT = 0.25  # weight of the newest batch in the requests-per-batch average
+
 Arrays = dict[str, np.ndarray]
 RunBatch = Callable[[Arrays], Arrays]
 
@@ -42,6 +45,10 @@ class BatchPolicy:
     """Longest wait after the first request of a batch for others to join."""
     max_queue_size: int = 1024
     """Most requests waiting; one more is refused with RESOURCE_EXHAUSTED."""
+    adaptive_delay: bool = True
+    """Stop waiting once a batch holds as many requests as recent batches did,
+    so a lone caller never pays the queue delay; False always waits the delay
+    out (as Triton's dynamic batcher does) unless the batch fills."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -93,6 +100,7 @@ class RequestBatcher:
         self._worker: asyncio.Task | None = None
         self._closed = False
         self._depth = metrics.QUEUE_DEPTH.labels(**self._labels)
+        self._requests_per_batch = 1.0  # moving average, for the adaptive delay
 
     @property
     def queue_depth(self) -> int:
@@ -169,20 +177,30 @@ class RequestBatcher:
                 await self._run(batch)
 
     async def _next_batch(self) -> list[_Item]:
-        """Wait for a first live request, then fill up to size or delay."""
+        """Wait for a first live request, then fill up to size or delay.
+
+        Whatever is already queued joins at once. Then the batch waits for more
+        until `max_queue_delay_ms` after its first request arrived or, with
+        the adaptive delay, until it holds as many requests as recent batches
+        held: with one caller it runs at once, with eight it waits for eight.
+        """
         first = await self._take_live(wait_until=None)
         if first is None:
             return []
         batch, rows = [first], first.rows
         flush_at = first.enqueued_at + self.policy.max_queue_delay_ms / 1000.0
+        expected = max(1, round(self._requests_per_batch))
         while rows < self.policy.max_batch_size:
             if self._queue and rows + self._queue[0].rows > self.policy.max_batch_size:
                 break  # the next request would overflow: it leads the next batch
+            if not self._queue and self.policy.adaptive_delay and len(batch) >= expected:
+                break  # everyone recent traffic suggests has joined
             item = await self._take_live(wait_until=flush_at)
             if item is None:
                 break
             batch.append(item)
             rows += item.rows
+        self._requests_per_batch += _EWMA_WEIGHT * (len(batch) - self._requests_per_batch)
         # Callers may have left, or run out of time, while the batch filled.
         return [item for item in batch if self._still_wanted(item)]
 

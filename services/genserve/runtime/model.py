@@ -6,16 +6,17 @@ families never see protobuf.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from genserve.runtime import errors
-from genserve.runtime.batcher import BatchPolicy, RequestBatcher
+from genserve.runtime.batcher import RequestBatcher
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.session import Graph, SessionOptions
 
@@ -96,18 +97,18 @@ class LoadContext:
     Args:
         session_options: provider and threads for every graph.
         executor: where blocking session runs go.
-        batching_override: replaces each model's batching policy when set.
+        batching_overrides: BatchPolicy fields that replace each model's own.
     """
 
     def __init__(
         self,
         session_options: SessionOptions,
         executor: Executor | None = None,
-        batching_override: BatchPolicy | None = None,
+        batching_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.session_options = session_options
         self.executor = executor
-        self.batching_override = batching_override
+        self.batching_overrides = dict(batching_overrides or {})
 
     def open_graph(self, config: ModelConfig, role: str) -> Graph:
         """Open one graph of a model version."""
@@ -118,7 +119,7 @@ class LoadContext:
     def batched_graph(self, config: ModelConfig, role: str) -> RequestBatcher:
         """Open one graph behind a request batcher (not started)."""
         graph = self.open_graph(config, role)
-        policy = self.batching_override or config.batching
+        policy = dataclasses.replace(config.batching, **self.batching_overrides)
         return RequestBatcher(
             graph.run, policy, model=config.name, graph=role, executor=self.executor
         )
