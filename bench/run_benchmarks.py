@@ -1,14 +1,18 @@
-"""Measure request batching on and off, direct and through the gateway.
+"""Measure request batching on, fixed and off, direct and through the gateway.
 
 `make bench` runs `python bench/run_benchmarks.py --out docs/benchmarks.md`.
-In one run it starts the vae family service three times (batching on: the
-models' own policies with the adaptive delay; fixed: the same policy but
-always waiting out the queue delay, as Triton's dynamic batcher does; off:
-`--max-batch-size 1`) with a gateway in front of each, all on free loopback ports, then measures Generate (1 sample) on
-vae-fashion at concurrency 1, 8 and 64 for every {batching} x {path} cell,
-each after a warmup. It writes a Markdown report and the raw JSON
-(bench/results/latest.json). The "## Reading the numbers" section of an
-existing report is kept when the report is rewritten.
+In one run it starts the vae family service three times, with a gateway in
+front of each, all on free loopback ports:
+
+- on: the models' own policies, with the adaptive queue delay;
+- fixed: the same policies, but every batch waits out the queue delay unless
+  it fills (`--fixed-delay`, how Triton's dynamic batcher behaves);
+- off: `--max-batch-size 1`.
+
+It then measures Generate (1 sample) on vae-fashion at concurrency 1, 8 and
+64 for every {batching} x {path} cell, each after a warmup, and writes a
+Markdown report and the raw JSON (bench/results/latest.json). The "## Reading
+the numbers" section of an existing report is kept when it is rewritten.
 """
 
 from __future__ import annotations
