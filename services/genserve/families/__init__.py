@@ -11,7 +11,11 @@ from genserve.runtime.model import ServedModel
 
 # family name -> "module:class"
 FAMILIES: dict[str, str] = {
-    "vae": "genserve.families.vae:VaeModel",
+    "ae": "genserve.families.latent:AeModel",
+    "aae": "genserve.families.latent:AaeModel",
+    "gan": "genserve.families.latent:GanModel",
+    "vae": "genserve.families.latent:VaeModel",
+    "vaegan": "genserve.families.latent:VaeGanModel",
 }
 
 

@@ -133,24 +133,24 @@ def class_labels(field: str, values, model: ServedModel, rows: int) -> np.ndarra
 
 def sampler(message: pb.SamplerParams) -> SamplerParams:
     """Checked sampler settings; ranges that need the model are checked by the family."""
-    opt = {f: getattr(message, f) if message.HasField(f) else None for f in (
-        "steps", "guidance_scale", "temperature", "top_k", "top_p", "max_new_tokens", "truncation"
-    )}  # fmt: skip
-    checks = {
-        "steps": lambda v: v >= 1,
-        "temperature": lambda v: v > 0,
-        "top_k": lambda v: v >= 0,
-        "top_p": lambda v: 0 < v <= 1,
-        "max_new_tokens": lambda v: v >= 1,
-        "truncation": lambda v: v > 0,
-        "guidance_scale": lambda v: v >= 0,
-    }
-    ranges = {"steps": ">= 1", "temperature": "> 0", "top_k": ">= 0", "top_p": "in (0, 1]",
-              "max_new_tokens": ">= 1", "truncation": "> 0", "guidance_scale": ">= 0"}  # fmt: skip
-    for name, value in opt.items():
-        if value is not None and (not np.isfinite(value) or not checks[name](value)):
-            raise InvalidArgument(f"sampler.{name}", f"must be {ranges[name]}, got {value}")
-    return SamplerParams(stop_sequences=tuple(message.stop_sequences), **opt)
+    values = {f: getattr(message, f) if message.HasField(f) else None for f in _SAMPLER_RANGES}
+    for name, value in values.items():
+        allowed, described = _SAMPLER_RANGES[name]
+        if value is not None and (not np.isfinite(value) or not allowed(value)):
+            raise InvalidArgument(f"sampler.{name}", f"must be {described}, got {value:g}")
+    return SamplerParams(stop_sequences=tuple(message.stop_sequences), **values)
+
+
+# Each optional sampler field: a check of its value, and the range in words.
+_SAMPLER_RANGES = {
+    "steps": (lambda v: v >= 1, ">= 1"),
+    "guidance_scale": (lambda v: v >= 0, ">= 0"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "top_k": (lambda v: v >= 0, ">= 0"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "max_new_tokens": (lambda v: v >= 1, ">= 1"),
+    "truncation": (lambda v: 0.05 <= v <= 4.0, "in [0.05, 4]"),
+}
 
 
 def generate_params(

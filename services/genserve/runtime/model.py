@@ -67,6 +67,8 @@ class Output:
     images: np.ndarray | None = None
     """float32 (N, C, H, W) in [0, 1]."""
     texts: list[str] | None = None
+    latents: np.ndarray | None = None
+    """float32 (N, latent_dim): the codes the images came from, for latent families."""
 
 
 @dataclass

@@ -144,6 +144,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         if output.images is not None:
             response.images.CopyFrom(convert.images_out(output.images, output_format))
             metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.images))
+        if output.latents is not None:
+            response.latents.CopyFrom(tensors.from_numpy(output.latents))
         if output.texts is not None:
             response.texts.extend(output.texts)
             metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.texts))

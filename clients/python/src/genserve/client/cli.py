@@ -117,6 +117,19 @@ def _parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--images", nargs="+", type=Path, required=True, metavar="PNG")
     _add_grid_options(reconstruct, required=True)
     reconstruct.set_defaults(run=_reconstruct)
+
+    interpolate = commands.add_parser(
+        "interpolate", help="a PNG strip of frames between two seeds or two images"
+    )
+    interpolate.add_argument("--model", "-m", required=True)
+    ends = interpolate.add_mutually_exclusive_group(required=True)
+    ends.add_argument("--seeds", nargs=2, type=int, metavar=("A", "B"))
+    ends.add_argument("--images", nargs=2, type=Path, metavar=("A.png", "B.png"))
+    interpolate.add_argument("-k", "--frames", type=int, default=8, help="frames, ends included")
+    interpolate.add_argument("--label", help="class of every frame (number or name)")
+    interpolate.add_argument("--method", choices=["slerp", "lerp"], default="slerp")
+    _add_grid_options(interpolate, required=True)
+    interpolate.set_defaults(run=_interpolate)
     return parser
 
 
@@ -277,6 +290,25 @@ def _reconstruct(client: Client, args: argparse.Namespace) -> int:
     if result.images is None:
         raise GenserveError("the server sent no images", code=grpc.StatusCode.INTERNAL)
     _write_grid(result.images, args)
+    return 0
+
+
+def _interpolate(client: Client, args: argparse.Namespace) -> int:
+    label = None
+    if args.label is not None:
+        args.labels, args.num_samples = args.label, 1
+        label = _labels(client, args)[0]
+    images = [path.read_bytes() for path in args.images] if args.images else None
+    frames = client.interpolate(
+        args.model,
+        seeds=args.seeds,
+        images=images,
+        frames=args.frames,
+        class_label=label,
+        method=args.method,
+    )
+    args.nrow = args.nrow or len(frames)
+    _write_grid(frames, args)
     return 0
 
 

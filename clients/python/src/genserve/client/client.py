@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
-from genserve.client import _requests
+from genserve.client import _requests, interpolation
 from genserve.client._requests import Sampling
 from genserve.client._transport import (
     Attempts,
@@ -351,6 +352,60 @@ class Client:
         request = _requests.reconstruct_request(model, images, output_format)
         response = self._unary(self._stub.Reconstruct, request, True, timeout_s, metadata)
         return ImagesResult.from_proto(response)
+
+    def interpolate(
+        self,
+        model: str,
+        *,
+        seeds: Sequence[int] | None = None,
+        images: Any = None,
+        frames: int = 8,
+        class_label: int | None = None,
+        method: str = "slerp",
+        timeout_s: float | None = None,
+        metadata: Metadata | None = None,
+    ) -> np.ndarray:
+        """Images along a path through the latent space between two ends.
+
+        With `seeds`, the ends are the codes of the samples those seeds
+        generate (Generate's `latents`), and the frames come from Generate
+        with the path as latents. With `images` (for families that encode),
+        the ends are the images' codes, and the frames come from Decode.
+
+        Args:
+            model: The model's name.
+            seeds: Two seeds, for models that generate.
+            images: Two images, as for `encode`, for models that encode.
+            frames: Images in the strip, both ends included; 2 to 256.
+            class_label: The class of every frame, for class-conditional models.
+            method: "slerp" (great circle, the default) or "lerp" (straight line).
+            timeout_s: The deadline of each call; default the client's.
+            metadata: Extra metadata for each call.
+
+        Returns:
+            float32 (frames, C, H, W) in [0, 1].
+
+        Raises:
+            InvalidArgumentError: not exactly one of two seeds or two images,
+                or frames out of range.
+            UnimplementedError: the model cannot generate (seeds) or encode (images).
+            GenserveError: a call failed otherwise.
+        """
+        interpolation.check_ends(seeds, images)
+        interpolation.check_frames(frames)
+        call = {"timeout_s": timeout_s, "metadata": metadata}
+        if seeds is not None:
+            ends = [
+                (self.generate(model, 1, seed=s, class_labels=class_label, **call)).latents[0]
+                for s in seeds
+            ]
+            path = interpolation.latent_path(ends[0], ends[1], frames, method)
+            labels = None if class_label is None else [class_label] * frames
+            result = self.generate(model, frames, latents=path, class_labels=labels, **call)
+            return result.images
+        codes = (self.encode(model, images, **call)).embeddings
+        path = interpolation.latent_path(codes[0], codes[1], frames, method)
+        return (self.decode(model, path, **call)).images
 
     def complete(
         self,

@@ -136,6 +136,8 @@ class GenerateResult:
         images: float32 (N, C, H, W) in [0, 1] for image models in tensor format.
         pngs: One PNG file per image when PNG output was asked for.
         texts: One text per sample, for text models.
+        latents: float32 (N, latent_dim), the codes the images came from, for
+            latent models; pass them back as `latents=` to regenerate or edit.
     """
 
     model_name: str
@@ -144,12 +146,15 @@ class GenerateResult:
     images: np.ndarray | None = None
     pngs: list[bytes] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    latents: np.ndarray | None = None
 
     @classmethod
     def from_proto(cls, r: pb.GenerateResponse | pb.CompleteResponse) -> GenerateResult:
         images, pngs = _images(r.images)
         texts = list(getattr(r, "texts", ()))
-        return cls(r.model_name, r.model_version, r.seed, images, pngs, texts)
+        has_latents = isinstance(r, pb.GenerateResponse) and r.HasField("latents")
+        latents = _array(r.latents) if has_latents else None
+        return cls(r.model_name, r.model_version, r.seed, images, pngs, texts, latents)
 
 
 @dataclass

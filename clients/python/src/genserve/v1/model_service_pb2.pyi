@@ -134,18 +134,20 @@ class GenerateRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., output_format: _Optional[_Union[_tensor_pb2.OutputFormat, str]] = ..., class_labels: _Optional[_Iterable[int]] = ..., prompt: _Optional[str] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sampler: _Optional[_Union[SamplerParams, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "seed", "images", "texts")
+    __slots__ = ("model_name", "model_version", "seed", "images", "texts", "latents")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    LATENTS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     seed: int
     images: _tensor_pb2.Images
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., images: _Optional[_Union[_tensor_pb2.Images, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    latents: _tensor_pb2.Tensor
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., images: _Optional[_Union[_tensor_pb2.Images, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request", "preview_every_steps")

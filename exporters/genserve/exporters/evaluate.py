@@ -1,0 +1,326 @@
+"""Measure the sample quality of every model in the repository; write docs/quality.md.
+
+    python -m genserve.exporters.evaluate --models models --out docs/quality.md --update-cards
+
+For the newest version of each model, its committed ONNX graphs run on ONNX
+Runtime (CPU) to draw 10,000 samples; the evaluation classifier
+(``bench/quality/fashion-classifier.onnx``, see :mod:`genserve.exporters.classifier`)
+maps them to penultimate-layer features, and the Fréchet distance (FD) between
+the Gaussians fitted to those features and to the 10,000 test images' is the
+score. The same figure for real training images is the floor; ``vae-fashion``
+is the baseline. Class-conditional models also get the share of samples the
+classifier puts in the requested class; autoencoders, which cannot sample, get
+the test reconstruction error. Uses no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import struct
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tqdm import tqdm
+
+from genserve.exporters import repository
+from genserve.exporters.data import DatasetMissing, load_fashion_mnist
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m genserve.exporters.evaluate"
+COMMAND = f"{PROG} --models models --out docs/quality.md --update-cards"
+CLASSIFIER_ONNX = "fashion-classifier.onnx"
+CLASSIFIER_CARD = "fashion-classifier.json"
+BASELINE_MODEL = "vae-fashion"
+FD_FLOOR_GOAL = 5.0
+"""The best model's FD should be within this many times the floor."""
+CLASS_ACCURACY_GOAL = 0.85
+"""Conditional models should put at least this share of samples in the requested class."""
+GENERATIVE = ("vae", "aae", "vaegan", "gan")
+"""Families whose decoder or generator maps N(0, I) latents to images."""
+BATCH_SIZE = 500
+GRID_SEED, GRID_COLUMNS, GRID_SCALE = 1, 8, 2
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Gaussian:
+    """Mean and covariance of a set of feature vectors, in float64."""
+
+    mean: np.ndarray
+    """(F,)"""
+    covariance: np.ndarray
+    """(F, F)"""
+
+    @classmethod
+    def fit(cls, features: np.ndarray) -> Gaussian:
+        """Fit to (N, F) features (unbiased covariance)."""
+        x = np.asarray(features, dtype=np.float64)
+        return cls(x.mean(axis=0), np.cov(x, rowvar=False))
+
+
+def frechet_distance(a: Gaussian, b: Gaussian) -> float:
+    """Fréchet distance between two Gaussians (Heusel et al., 2017).
+
+    d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½). The trace of the square root is
+    the sum of the square roots of the eigenvalues of Σa Σb, which are those of
+    the symmetric matrix √Σa Σb √Σa: a symmetric eigensolver gives them without
+    the complex round-off of a general matrix square root.
+    """
+    values, vectors = np.linalg.eigh(a.covariance)
+    sqrt_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T  # √Σa
+    middle = sqrt_a @ b.covariance @ sqrt_a
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)).sum()
+    shift = a.mean - b.mean
+    trace = np.trace(a.covariance) + np.trace(b.covariance) - 2.0 * trace_sqrt
+    return float(max(shift @ shift + trace, 0.0))
+
+
+def class_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose arg-max logit is the requested label."""
+    if len(logits) != len(labels) or not len(labels):
+        raise ValueError(f"need as many labels as logits rows, got {len(labels)} and {len(logits)}")
+    return float(np.mean(np.argmax(logits, axis=1) == labels))
+
+
+# -- running graphs ------------------------------------------------------------------------
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _run_batched(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], desc: str
+) -> list[np.ndarray]:
+    """Run ``session`` over ``feeds`` in batches; concatenate every output."""
+    n = len(next(iter(feeds.values())))
+    parts: list[list[np.ndarray]] = []
+    for start in tqdm(range(0, n, BATCH_SIZE), desc=desc, unit="batch", leave=False):
+        parts.append(session.run(None, {k: v[start : start + BATCH_SIZE] for k, v in feeds.items()}))
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+@dataclass
+class EvalClassifier:
+    """The evaluation classifier's graph and card."""
+
+    session: ort.InferenceSession
+    card: dict
+
+    @classmethod
+    def load(cls, folder: Path) -> EvalClassifier:
+        """Load it after checking the graph's sha256 against its card.
+
+        Raises:
+            FileNotFoundError: a file is missing (train it with ``python -m
+                genserve.exporters.classifier``).
+            ValueError: the graph is not the one the card describes.
+        """
+        card = json.loads((folder / CLASSIFIER_CARD).read_text())
+        path = folder / CLASSIFIER_ONNX
+        expected, actual = card["files"][CLASSIFIER_ONNX]["sha256"], repository.sha256_file(path)
+        if actual != expected:
+            raise ValueError(f"{CLASSIFIER_ONNX}: sha256 {actual} differs from its card's {expected}")
+        return cls(_session(path), card)
+
+    def run(self, images: np.ndarray, desc: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(logits (N, K), features (N, F))`` of (N, 1, 28, 28) images."""
+        logits, features = _run_batched(self.session, {"image": images}, desc)
+        return logits, features
+
+
+# -- the models ----------------------------------------------------------------------------
+
+
+@dataclass
+class Model:
+    """The newest version of one model in the repository."""
+
+    name: str
+    folder: Path
+    config: dict
+
+    @property
+    def family(self) -> str:
+        return self.config.get("family", "?")
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.config.get("params", {}).get("conditional")) or "label" in self.inputs(
+            "generator"
+        )
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.config["params"]["latent_dim"])
+
+    def inputs(self, graph: str) -> list[str]:
+        spec = self.config.get("graphs", {}).get(graph, {})
+        return [t["name"] for t in spec.get("inputs", [])]
+
+    def session(self, graph: str) -> ort.InferenceSession:
+        return _session(self.folder / self.config["graphs"][graph]["file"])
+
+    def graph_files(self) -> list[str]:
+        return [g["file"] for g in self.config["graphs"].values()]
+
+
+def find_models(root: Path) -> list[Model]:
+    """The newest numbered version of every model under ``root`` that has a config."""
+    found = []
+    for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        if not versions:
+            continue
+        try:
+            config = json.loads((versions[-1] / repository.CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            logger.warning("skipping %s: %s", versions[-1], e)
+            continue
+        found.append(Model(model_dir.name, versions[-1], config))
+    return found
+
+
+def sample(model: Model, count: int, seed: int, desc: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Draw ``count`` images from z ~ N(0, I) (conditional: labels 0..K-1 in turn).
+
+    Returns:
+        ``(images (count, 1, 28, 28), requested labels (count,) or None)``.
+    """
+    latent = np.random.default_rng(seed).standard_normal((count, model.latent_dim), dtype=np.float32)
+    if model.family != "gan":
+        (images,) = _run_batched(model.session("decoder"), {model.inputs("decoder")[0]: latent}, desc)
+        return images, None
+    feeds = {"latent": latent}
+    labels = None
+    if model.conditional:
+        labels = np.arange(count, dtype=np.int64) % len(model.config["labels"])
+        feeds["label"] = labels
+    (images,) = _run_batched(model.session("generator"), feeds, desc)
+    return images, labels
+
+
+def reconstruct(model: Model, images: np.ndarray, desc: str) -> np.ndarray:
+    """Encoder then decoder; the decoder gets the encoder's first output (mean or latent)."""
+    codes = _run_batched(model.session("encoder"), {model.inputs("encoder")[0]: images}, desc)
+    (out,) = _run_batched(model.session("decoder"), {model.inputs("decoder")[0]: codes[0]}, desc)
+    return out
+
+
+def grid_images(model: Model, test_images: np.ndarray) -> np.ndarray:
+    """The images of the model's sample grid, in rows of :data:`GRID_COLUMNS`.
+
+    8 x 8 samples from seed 1 (the same latents as ``genserve.exporters.grid``);
+    conditional models one row per class; autoencoders alternate rows of test
+    images and their reconstructions.
+    """
+    if model.family == "ae":
+        originals = test_images[: 4 * GRID_COLUMNS].reshape(4, GRID_COLUMNS, *test_images.shape[1:])
+        recons = reconstruct(model, test_images[: 4 * GRID_COLUMNS], "grid").reshape(originals.shape)
+        return np.stack([originals, recons], axis=1).reshape(-1, *test_images.shape[1:])
+    rng = np.random.default_rng(GRID_SEED)
+    if model.family == "gan" and model.conditional:
+        classes = len(model.config["labels"])
+        latent = rng.standard_normal((classes * GRID_COLUMNS, model.latent_dim), dtype=np.float32)
+        labels = np.repeat(np.arange(classes, dtype=np.int64), GRID_COLUMNS)
+        (images,) = model.session("generator").run(None, {"latent": latent, "label": labels})
+        return images
+    latent = rng.standard_normal((GRID_COLUMNS * GRID_COLUMNS, model.latent_dim), dtype=np.float32)
+    graph = "generator" if model.family == "gan" else "decoder"
+    (images,) = model.session(graph).run(None, {model.inputs(graph)[0]: latent})
+    return images
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+
+@dataclass
+class Quality:
+    """One row of the table."""
+
+    name: str
+    family: str
+    version: str = ""
+    fd: float | None = None
+    """FD of samples (or, for autoencoders, reconstructions) vs the test images."""
+    fd_of_reconstructions: bool = False
+    class_accuracy: float | None = None
+    reconstruction_mse: float | None = None
+    """Mean squared error per pixel of test reconstructions."""
+    notes: list[str] = field(default_factory=list)
+    file_hashes: dict = field(default_factory=dict)
+    """The card's ``files`` records of the graphs evaluated."""
+
+
+def evaluate_model(
+    model: Model, classifier: EvalClassifier, test: Gaussian, test_images: np.ndarray, *, samples: int, seed: int
+) -> Quality:
+    """Score one model: FD of ``samples`` samples, class accuracy, reconstruction error."""
+    q = Quality(model.name, model.family, model.folder.name)
+    q.file_hashes = repository.file_records(model.folder, model.graph_files())
+    if model.family in GENERATIVE:
+        images, labels = sample(model, samples, seed, f"{model.name}: sample")
+        logits, features = classifier.run(images, f"{model.name}: classify")
+        q.fd = frechet_distance(Gaussian.fit(features), test)
+        if labels is not None:
+            q.class_accuracy = class_accuracy(logits, labels)
+            q.notes.append(f"conditional: {samples // len(model.config['labels']):,} per class")
+    if "encoder" in model.config.get("graphs", {}) and "decoder" in model.config["graphs"]:
+        recons = reconstruct(model, test_images, f"{model.name}: reconstruct")
+        q.reconstruction_mse = float(np.mean((recons - test_images) ** 2))
+        if model.family == "ae":
+            _, features = classifier.run(recons, f"{model.name}: classify")
+            q.fd, q.fd_of_reconstructions = frechet_distance(Gaussian.fit(features), test), True
+            q.notes.append("cannot sample: FD of test reconstructions, not comparable")
+    if model.family not in GENERATIVE and model.family != "ae":
+        q.notes.append(f"family {model.family!r} is not evaluated here")
+    if model.name == BASELINE_MODEL:
+        q.notes.insert(0, "**baseline**")
+    return q
+
+
+def goals(rows: list[Quality], floor: float) -> list[tuple[bool, str]]:
+    """The issue's goals, each with whether it is met and the figures behind it."""
+    by_name = {q.name: q for q in rows}
+    baseline = by_name.get(BASELINE_MODEL)
+    sampled = [q for q in rows if q.fd is not None and not q.fd_of_reconstructions]
+    out = []
+    for label, family in (("GAN", "gan"), ("VAE-GAN", "vaegan")):
+        candidates = [q for q in sampled if q.family == family]
+        plain = [q for q in candidates if q.class_accuracy is None]
+        candidates = plain or candidates
+        if baseline is None or baseline.fd is None or not candidates:
+            missing = BASELINE_MODEL if baseline is None else f"a {family!r} model"
+            out.append((False, f"{label} beats VAE FD: not measured ({missing} is absent)"))
+            continue
+        best = min(candidates, key=lambda q: q.fd)
+        verb = "<" if best.fd < baseline.fd else "≥"
+        text = f"{label} beats VAE FD: {best.name} {best.fd:.2f} {verb} {baseline.name} {baseline.fd:.2f}"
+        out.append((best.fd < baseline.fd, text))
+    if sampled:
+        best = min(sampled, key=lambda q: q.fd)
+        ratio = best.fd / floor
+        text = f"best model within {FD_FLOOR_GOAL:g}x floor: {best.name} at {ratio:.1f}x ({best.fd:.2f} vs {floor:.2f})"
+        out.append((ratio <= FD_FLOOR_GOAL, text))
+    else:
+        out.append((False, f"best model within {FD_FLOOR_GOAL:g}x floor: no model sampled"))
+    conditional = [q for q in rows if q.class_accuracy is not None]
+    for q in conditional:
+        ok = q.class_accuracy >= CLASS_ACCURACY_GOAL
+        out.append((ok, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: {q.name} {q.class_accuracy:.1%}"))
+    if not conditional:
+        out.append((False, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: not measured (no conditional model)"))
+    return out

@@ -1,0 +1,600 @@
+"""DCGAN (Radford et al., 2016) for 28x28 grey images, optionally class-conditional.
+
+Trains a generator G and a discriminator D on Fashion-MNIST (or the 5k MNIST
+digits), exports only the generator as ``generator.onnx`` (latent [, label] ->
+image in [0, 1]), checks it against PyTorch and writes ``<out>/<name>/<version>/``::
+
+    python -m genserve.exporters.gan --out models --name gan-fashion --version 1 \\
+        --epochs 3 --seed 0 --threads 1
+    python -m genserve.exporters.gan --out models --name cgan-fashion --version 1 \\
+        --epochs 3 --seed 0 --threads 1 --conditional
+
+Two losses share the code. ``bce`` is the non-saturating GAN loss (Goodfellow
+et al., 2014). ``wgan-gp`` trains D as a critic without a sigmoid under the
+Wasserstein loss with a gradient penalty (Gulrajani et al., 2017), n_critic
+critic steps per generator step. The conditional model feeds a label embedding
+to G beside z and uses a projection discriminator (Miyato & Koyama, 2018).
+
+Symbols: x is a real image, y its class, z ~ N(0, I) a latent, G(z, y) a fake
+image and D(x, y) a real-valued score (a logit for ``bce``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from genserve.exporters import onnx_export, repository, training
+from genserve.exporters.data import (
+    FASHION_CLASSES,
+    MNIST_CLASSES,
+    DatasetMissing,
+    ImageDataset,
+    load_dataset,
+)
+from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m genserve.exporters.gan"
+GRAPH = "generator"
+Loss = Literal["bce", "wgan-gp"]
+LOSSES: tuple[Loss, ...] = ("bce", "wgan-gp")
+LOSS_DEFAULTS = {"bce": (2e-4, (0.5, 0.999)), "wgan-gp": (1e-4, (0.0, 0.9))}
+"""Adam learning rate and betas per loss: DCGAN's, and the WGAN-GP paper's."""
+METRIC_WINDOW_STEPS = 200  # the card's final losses are means over this many last steps
+DATASET_CLASSES = {"fashion": FASHION_CLASSES, "mnist5k": MNIST_CLASSES}
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """Shape of the generator and discriminator; stored in checkpoints."""
+
+    latent_dim: int = 64
+    """Size D of the latent z."""
+    num_classes: int = 0
+    """Classes the model is conditioned on; 0 for an unconditional model."""
+    label_dim: int = 32
+    """Width of G's label embedding, concatenated to z (conditional only)."""
+    generator_channels: tuple[int, int] = (128, 64)
+    """G's widths at 7x7 and at 14x14."""
+    discriminator_channels: tuple[int, int] = (64, 128)
+    """D's widths at 14x14 and at 7x7."""
+
+    def __post_init__(self) -> None:
+        if self.latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {self.latent_dim}")
+        if self.num_classes < 0 or self.num_classes == 1:
+            raise ValueError(f"num_classes must be 0 or at least 2, got {self.num_classes}")
+        for field in ("generator_channels", "discriminator_channels"):
+            widths = getattr(self, field)
+            if len(widths) != 2 or min(widths) < 1:
+                raise ValueError(f"{field} must be two positive widths, got {widths}")
+
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+
+@dataclass(frozen=True)
+class GANTrainConfig:
+    """How long and how to train; the learning rate and betas default per loss."""
+
+    epochs: int = 3
+    """Passes over the training set (counted in the real batches D sees)."""
+    batch_size: int = 64
+    """Real images per discriminator step; as many fakes."""
+    loss: Loss = "bce"
+    """``bce`` (non-saturating) or ``wgan-gp``."""
+    learning_rate: float | None = None
+    """Adam learning rate of both networks; None takes LOSS_DEFAULTS[loss]."""
+    betas: tuple[float, float] | None = None
+    """Adam betas of both networks; None takes LOSS_DEFAULTS[loss]."""
+    n_critic: int = 5
+    """Critic steps per generator step (wgan-gp only; bce takes one)."""
+    gp_weight: float = 10.0
+    """lambda, the weight of the gradient penalty (wgan-gp only)."""
+    ema_decay: float = 0.995
+    """Decay of the moving average of G's weights that is exported (warmed up); 0 turns it off."""
+    max_steps: int | None = None
+    """Stop after this many generator steps (a quick test run); None trains every epoch."""
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        learning_rate, betas = LOSS_DEFAULTS[self.loss]
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", learning_rate)
+        if self.betas is None:
+            object.__setattr__(self, "betas", betas)
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,
+            "learning_rate": self.learning_rate > 0,
+            "n_critic": self.n_critic >= 1,
+            "gp_weight": self.gp_weight >= 0,
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
+        }
+        for field, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{field} is out of range, got {getattr(self, field)!r}")
+
+    @property
+    def d_steps(self) -> int:
+        """Discriminator steps per generator step."""
+        return self.n_critic if self.loss == "wgan-gp" else 1
+
+
+class Generator(nn.Module):
+    """G: latent (B, D) [, label (B,)] -> image (B, 1, 28, 28) in [0, 1]."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        c7, c14 = config.generator_channels
+        self.c7 = c7
+        self.embed = (
+            nn.Embedding(config.num_classes, config.label_dim) if config.conditional else None
+        )
+        in_dim = config.latent_dim + (config.label_dim if config.conditional else 0)
+        self.project = nn.Sequential(
+            nn.Linear(in_dim, c7 * 7 * 7, bias=False),
+            nn.BatchNorm1d(c7 * 7 * 7),
+            nn.ReLU(),
+        )
+        self.upsample = nn.Sequential(
+            nn.ConvTranspose2d(c7, c14, 4, stride=2, padding=1, bias=False),  # 7 -> 14
+            nn.BatchNorm2d(c14),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c14, 1, 4, stride=2, padding=1),  # 14 -> 28
+        )
+
+    def forward(self, latent: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        h = latent  # (B, D)
+        if self.embed is not None:
+            h = torch.cat([latent, self.embed(label)], dim=1)  # (B, D + E)
+        h = self.project(h).view(-1, self.c7, 7, 7)  # (B, C7, 7, 7)
+        return torch.sigmoid(self.upsample(h))  # (B, 1, 28, 28)
+
+
+class Discriminator(nn.Module):
+    """D: image (B, 1, 28, 28) [, label (B,)] -> score (B,); no normalisation, so GP applies.
+
+    Conditional: a projection discriminator, D(x, y) = w . phi(x) + embed(y) . phi(x).
+    """
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        c14, c7 = config.discriminator_channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c14, 4, stride=2, padding=1),  # 28 -> 14
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c14, c7, 4, stride=2, padding=1),  # 14 -> 7
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(c7 * 7 * 7, 1)
+        self.embed = nn.Embedding(config.num_classes, c7 * 7 * 7) if config.conditional else None
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, std=0.01)
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        phi = self.features(2 * image - 1)  # (B, F), pixels centred to [-1, 1]
+        score = self.head(phi).squeeze(1)  # (B,)
+        if self.embed is not None:
+            score = score + (self.embed(label) * phi).sum(1)  # projection term
+        return score
+
+
+def gradient_penalty(
+    critic: Discriminator,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    label: torch.Tensor | None,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """WGAN-GP's E[(||grad D(x_hat)||_2 - 1)^2] at x_hat = eps x + (1 - eps) G(z), eps ~ U(0, 1)."""
+    eps = torch.rand(real.shape[0], 1, 1, 1, generator=generator)  # (B, 1, 1, 1)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)  # (B, 1, 28, 28)
+    (grad,) = torch.autograd.grad(critic(mixed, label).sum(), mixed, create_graph=True)
+    return (grad.flatten(1).norm(dim=1) - 1).pow(2).mean()
+
+
+def discriminator_loss(
+    d: Discriminator,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    label: torch.Tensor | None,
+    config: GANTrainConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """D's loss on a real and a (detached) fake batch, and its parts for the progress bar."""
+    d_real, d_fake = d(real, label), d(fake, label)  # (B,) each
+    if config.loss == "bce":
+        # -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))), with softplus for stability.
+        loss = F.softplus(-d_real).mean() + F.softplus(d_fake).mean()
+        parts = {"d_real": d_real.sigmoid().mean().item(), "d_fake": d_fake.sigmoid().mean().item()}
+        return loss, {"d_loss": loss.item(), **parts}
+    # Critic: minimise D(G(z)) - D(x) + lambda * GP; -(that without GP) estimates W(P_r, P_g).
+    wasserstein = d_real.mean() - d_fake.mean()
+    penalty = gradient_penalty(d, real, fake, label, generator=generator)
+    loss = -wasserstein + config.gp_weight * penalty
+    return loss, {
+        "critic_loss": loss.item(),
+        "wasserstein": wasserstein.item(),
+        "gp": penalty.item(),
+    }
+
+
+def generator_loss(
+    d: Discriminator, fake: torch.Tensor, label: torch.Tensor | None, config: GANTrainConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """G's loss: non-saturating -log sigmoid(D(G(z))) for bce, -D(G(z)) for wgan-gp."""
+    score = d(fake, label)  # (B,)
+    loss = F.softplus(-score).mean() if config.loss == "bce" else -score.mean()
+    return loss, {"g_loss": loss.item()}
+
+
+class GAN(nn.Module):
+    """Generator, discriminator and the moving average of the generator that is exported."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.discriminator = Discriminator(config)
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+
+    @torch.no_grad()
+    def update_ema(self, decay: float, step: int) -> None:
+        """theta_ema <- beta * theta_ema + (1 - beta) * theta; BatchNorm statistics copied.
+
+        beta = min(decay, (1 + step) / (10 + step)) so early steps are not averaged with
+        the random initial weights for long.
+        """
+        decay = min(decay, (1 + step) / (10 + step))
+        for ema, live in zip(
+            self.generator_ema.parameters(), self.generator.parameters(), strict=True
+        ):
+            ema.lerp_(live, 1 - decay)
+        for ema, live in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            ema.copy_(live)
+
+
+@dataclass(frozen=True)
+class GANTrainResult:
+    """What a training run did."""
+
+    steps: int
+    """Generator steps taken."""
+    epochs: float
+    """Passes over the training set, fractional when the run stopped mid-epoch."""
+    training_time_s: float
+    """Wall time of the loop."""
+    final_losses: dict[str, float]
+    """Each logged loss part, averaged over the last ``window_steps`` steps."""
+    window_steps: int
+    """Steps averaged in ``final_losses``."""
+
+
+def _endless_batches(
+    n: int, batch_size: int, generator: torch.Generator
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(epoch, indices)`` for shuffled full batches, epoch after epoch."""
+    for epoch in range(sys.maxsize):
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield epoch, order[start : start + batch_size]
+
+
+def train_gan(
+    model: GAN, data: ImageDataset, config: GANTrainConfig, *, seed: int
+) -> GANTrainResult:
+    """Train G and D alternately with Adam, showing a tqdm bar; leave the model in eval mode.
+
+    Args:
+        model: the GAN whose generator and discriminator are optimised.
+        data: the training images, with labels used when the model is conditional.
+        config: loss, epochs, batch size, optimiser settings and step budget.
+        seed: seeds the shuffling, latents and penalty mixing.
+    """
+    images = torch.from_numpy(data.images)
+    labels = torch.from_numpy(data.labels) if model.config.conditional else None
+    batches_per_epoch = len(images) // config.batch_size
+    total_steps = config.epochs * batches_per_epoch // config.d_steps
+    total_steps = max(1, min(total_steps, config.max_steps or total_steps))
+    noise = torch.Generator().manual_seed(seed + 1)
+    batches = _endless_batches(len(images), config.batch_size, torch.Generator().manual_seed(seed))
+    adam = {"lr": config.learning_rate, "betas": config.betas}
+    opt_g = torch.optim.Adam(model.generator.parameters(), **adam)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), **adam)
+    g, d = model.generator, model.discriminator
+    history: list[dict[str, float]] = []
+    model.train()
+    started, batches_seen = time.perf_counter(), 0
+    bar = tqdm(range(total_steps), desc=f"{config.loss} G steps")
+    for step in bar:
+        # 1. d_steps updates of D on real x and detached fakes G(z, y), y from the real batch.
+        for _ in range(config.d_steps):
+            epoch, index = next(batches)
+            batches_seen += 1
+            real, label = images[index], None if labels is None else labels[index]
+            z = torch.randn(len(index), model.config.latent_dim, generator=noise)  # (B, D)
+            with torch.no_grad():
+                fake = g(z, label)  # (B, 1, 28, 28)
+            d_loss, parts = discriminator_loss(d, real, fake, label, config, generator=noise)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        # 2. One update of G through D, on fresh latents and the same labels.
+        z = torch.randn(len(index), model.config.latent_dim, generator=noise)  # (B, D)
+        g_loss, g_parts = generator_loss(d, g(z, label), label, config)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        model.update_ema(config.ema_decay, step)
+        history.append({**parts, **g_parts})
+        bar.set_postfix({"epoch": epoch + 1, **{k: f"{v:.3f}" for k, v in history[-1].items()}})
+    bar.close()
+    model.eval()
+    window = history[-METRIC_WINDOW_STEPS:]
+    final = {k: round(float(np.mean([h[k] for h in window])), 4) for k in window[0]}
+    logger.info("final losses over %d steps: %s", len(window), final)
+    return GANTrainResult(
+        steps=total_steps,
+        epochs=round(batches_seen / batches_per_epoch, 3),
+        training_time_s=round(time.perf_counter() - started, 1),
+        final_losses=final,
+        window_steps=len(window),
+    )
+
+
+def save_checkpoint(model: GAN, path: Path) -> None:
+    """Save the weights with the config that rebuilds the model."""
+    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> GAN:
+    """Rebuild a GAN from :func:`save_checkpoint`'s file."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    fields = checkpoint["config"]
+    for field in ("generator_channels", "discriminator_channels"):
+        fields[field] = tuple(fields[field])
+    model = GAN(GANConfig(**fields))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def export_generator(generator: Generator, config: GANConfig, folder: Path) -> tuple[dict, dict]:
+    """Write generator.onnx to ``folder`` (BatchNorm in eval mode) and check its parity.
+
+    Returns:
+        ``(graphs, parity)``: the config's ``graphs`` section and ``parity`` record.
+    """
+    generator.eval()
+    d, path = config.latent_dim, folder / f"{GRAPH}.onnx"
+    inputs, example = ["latent"], [torch.randn(2, d)]
+    if config.conditional:
+        inputs.append("label")
+        example.append(torch.tensor([0, config.num_classes - 1]))
+
+    def make_inputs(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        feeds = {"latent": rng.standard_normal((n, d), dtype=np.float32)}
+        if config.conditional:
+            feeds["label"] = rng.integers(0, config.num_classes, n, dtype=np.int64)
+        return feeds
+
+    onnx_model = onnx_export.export_onnx(
+        generator, tuple(example), path, input_names=inputs, output_names=["image"]
+    )
+    worst = onnx_export.check_parity(generator, path, make_inputs)
+    graphs = {GRAPH: {"file": path.name, **onnx_export.graph_signature(onnx_model)}}
+    parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
+    return graphs, parity
+
+
+def train_and_export(
+    *,
+    out: Path,
+    name: str = "gan-fashion",
+    version: int = 1,
+    data: str = "fashion",
+    seed: int = 0,
+    model_config: GANConfig | None = None,
+    train_config: GANTrainConfig | None = None,
+    command: str | None = None,
+    checkpoint: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train a GAN, export and check its generator, and write a model-repository version.
+
+    Args:
+        out: the model repository root; the version lands in ``out/name/version``.
+        name: the model name.
+        version: the version folder, a positive integer.
+        data: ``"fashion"`` or ``"mnist5k"``.
+        seed: seeds the weights, the shuffling and the latents.
+        model_config: the networks' shape; defaults to :class:`GANConfig` (unconditional).
+        train_config: loss, epochs, batch size, optimiser, step budget.
+        command: the command line for the model card; None writes the
+            equivalent ``python -m`` command.
+        checkpoint: also save the PyTorch checkpoint here.
+        overwrite: replace an existing version folder.
+
+    Returns:
+        The version folder.
+    """
+    model_config = model_config or GANConfig()
+    train_config = train_config or GANTrainConfig()
+    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
+    training.seed_everything(seed)
+    dataset = load_dataset(data, "train")
+    if model_config.conditional and model_config.num_classes != len(dataset.classes):
+        raise ValueError(
+            f"num_classes is {model_config.num_classes} but {data} has {len(dataset.classes)}"
+        )
+    model = GAN(model_config)
+    count = sum(p.numel() for p in model.generator.parameters())
+    logger.info("training %s: generator with %d parameters", name, count)
+    result = train_gan(model, dataset, train_config, seed=seed)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)
+    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
+        graphs, parity = export_generator(model.generator_ema, model_config, folder)
+        card = {
+            "description": _description(model_config, train_config, data),
+            "dataset": DATASET_CARDS[data],
+            "command": command
+            or _equivalent_command(out, name, version, data, seed, model_config, train_config),
+            "seed": seed,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "training_time_s": result.training_time_s,
+            "metrics": {"final_losses": result.final_losses, "window_steps": result.window_steps},
+            "parity": parity,
+            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
+            "framework": {
+                "torch": torch.__version__.split("+")[0],
+                "onnx_opset": onnx_export.ONNX_OPSET,
+            },
+            "created_utc": repository.utc_now_iso(),
+        }
+        labels = list(dataset.classes) if model_config.conditional else []
+        config = _model_config(name, model_config, train_config, graphs, labels, card)
+        repository.write_config(folder, config)
+    return repository.version_dir(out, name, version)
+
+
+def _description(model: GANConfig, train: GANTrainConfig, data: str) -> str:
+    kind = "Class-conditional DCGAN" if model.conditional else "DCGAN"
+    inputs = "N(0, I) latents and class labels" if model.conditional else "N(0, I) latents"
+    return (
+        f"{kind} with a {model.latent_dim}-d latent trained with the {train.loss} loss on "
+        f"{DATASET_CARDS[data].split(',')[0]}; the generator (an exponential moving average "
+        f"of its weights) maps {inputs} to 28x28 grey images in [0, 1]."
+    )
+
+
+def _model_config(
+    name: str, model: GANConfig, train: GANTrainConfig, graphs: dict, labels: list, card: dict
+) -> dict:
+    return {
+        "name": name,
+        "family": "gan",
+        "graphs": graphs,
+        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
+        "max_num_samples": 256,
+        "params": {
+            "latent_dim": model.latent_dim,
+            "image_shape": list(IMAGE_SHAPE),
+            "conditional": model.conditional,
+            "loss": train.loss,
+        },
+        "labels": labels,
+        "card": card,
+    }
+
+
+def _equivalent_command(
+    out: Path,
+    name: str,
+    version: int,
+    data: str,
+    seed: int,
+    model: GANConfig,
+    train: GANTrainConfig,
+) -> str:
+    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
+    args += [str(train.epochs), "--seed", str(seed), "--data", data, "--loss", train.loss]
+    args += ["--batch-size", str(train.batch_size), "--learning-rate", str(train.learning_rate)]
+    args += ["--latent-dim", str(model.latent_dim), "--ema-decay", str(train.ema_decay)]
+    if model.conditional:
+        args.append("--conditional")
+    if train.max_steps is not None:
+        args += ["--max-steps", str(train.max_steps)]
+    return f"{PROG} {shlex.join(args)}"
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
+    parser.add_argument("--name", default="gan-fashion", help="model name (folder under --out)")
+    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
+    parser.add_argument("--data", choices=sorted(DATASET_CARDS), default="fashion")
+    parser.add_argument("--conditional", action="store_true", help="condition on class labels")
+    parser.add_argument("--loss", choices=LOSSES, default=GANTrainConfig.loss)
+    parser.add_argument("--epochs", type=int, default=GANTrainConfig.epochs)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=GANTrainConfig.batch_size)
+    parser.add_argument(
+        "--learning-rate", type=float, help="Adam learning rate (default: 2e-4 bce, 1e-4 wgan-gp)"
+    )
+    parser.add_argument("--n-critic", type=int, default=GANTrainConfig.n_critic)
+    parser.add_argument("--ema-decay", type=float, default=GANTrainConfig.ema_decay)
+    parser.add_argument("--latent-dim", type=int, default=GANConfig.latent_dim)
+    parser.add_argument("--max-steps", type=int, help="stop after this many generator steps")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("genserve").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)  # named __main__ under python -m
+    torch.set_num_threads(args.threads)
+    try:
+        repository.version_dir(args.out, args.name, args.version)
+        num_classes = len(DATASET_CLASSES[args.data]) if args.conditional else 0
+        model_config = GANConfig(latent_dim=args.latent_dim, num_classes=num_classes)
+        train_config = GANTrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            loss=args.loss,
+            learning_rate=args.learning_rate,
+            n_critic=args.n_critic,
+            ema_decay=args.ema_decay,
+            max_steps=args.max_steps,
+        )
+    except ValueError as e:
+        sys.exit(f"{PROG}: error: {e}")
+    try:
+        folder = train_and_export(
+            out=args.out,
+            name=args.name,
+            version=args.version,
+            data=args.data,
+            seed=args.seed,
+            model_config=model_config,
+            train_config=train_config,
+            command=f"{PROG} {shlex.join(argv)}",
+            checkpoint=args.checkpoint,
+            overwrite=args.overwrite,
+        )
+    except (DatasetMissing, FileExistsError) as e:
+        sys.exit(f"{PROG}: error: {e}")
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
