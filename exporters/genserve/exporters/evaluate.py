@@ -290,37 +290,3 @@ def evaluate_model(
     if model.name == BASELINE_MODEL:
         q.notes.insert(0, "**baseline**")
     return q
-
-
-def goals(rows: list[Quality], floor: float) -> list[tuple[bool, str]]:
-    """The issue's goals, each with whether it is met and the figures behind it."""
-    by_name = {q.name: q for q in rows}
-    baseline = by_name.get(BASELINE_MODEL)
-    sampled = [q for q in rows if q.fd is not None and not q.fd_of_reconstructions]
-    out = []
-    for label, family in (("GAN", "gan"), ("VAE-GAN", "vaegan")):
-        candidates = [q for q in sampled if q.family == family]
-        plain = [q for q in candidates if q.class_accuracy is None]
-        candidates = plain or candidates
-        if baseline is None or baseline.fd is None or not candidates:
-            missing = BASELINE_MODEL if baseline is None else f"a {family!r} model"
-            out.append((False, f"{label} beats VAE FD: not measured ({missing} is absent)"))
-            continue
-        best = min(candidates, key=lambda q: q.fd)
-        verb = "<" if best.fd < baseline.fd else "≥"
-        text = f"{label} beats VAE FD: {best.name} {best.fd:.2f} {verb} {baseline.name} {baseline.fd:.2f}"
-        out.append((best.fd < baseline.fd, text))
-    if sampled:
-        best = min(sampled, key=lambda q: q.fd)
-        ratio = best.fd / floor
-        text = f"best model within {FD_FLOOR_GOAL:g}x floor: {best.name} at {ratio:.1f}x ({best.fd:.2f} vs {floor:.2f})"
-        out.append((ratio <= FD_FLOOR_GOAL, text))
-    else:
-        out.append((False, f"best model within {FD_FLOOR_GOAL:g}x floor: no model sampled"))
-    conditional = [q for q in rows if q.class_accuracy is not None]
-    for q in conditional:
-        ok = q.class_accuracy >= CLASS_ACCURACY_GOAL
-        out.append((ok, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: {q.name} {q.class_accuracy:.1%}"))
-    if not conditional:
-        out.append((False, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: not measured (no conditional model)"))
-    return out

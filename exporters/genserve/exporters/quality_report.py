@@ -1,0 +1,190 @@
+def goals(rows: list[Quality], floor: float) -> list[tuple[bool, str]]:
+    """The issue's goals, each with whether it is met and the figures behind it."""
+    by_name = {q.name: q for q in rows}
+    baseline = by_name.get(BASELINE_MODEL)
+    sampled = [q for q in rows if q.fd is not None and not q.fd_of_reconstructions]
+    out = []
+    for label, family in (("GAN", "gan"), ("VAE-GAN", "vaegan")):
+        candidates = [q for q in sampled if q.family == family]
+        plain = [q for q in candidates if q.class_accuracy is None]
+        candidates = plain or candidates
+        if baseline is None or baseline.fd is None or not candidates:
+            missing = BASELINE_MODEL if baseline is None else f"a {family!r} model"
+            out.append((False, f"{label} beats VAE FD: not measured ({missing} is absent)"))
+            continue
+        best = min(candidates, key=lambda q: q.fd)
+        verb = "<" if best.fd < baseline.fd else "≥"
+        text = f"{label} beats VAE FD: {best.name} {best.fd:.2f} {verb} {baseline.name} {baseline.fd:.2f}"
+        out.append((best.fd < baseline.fd, text))
+    if sampled:
+        best = min(sampled, key=lambda q: q.fd)
+        ratio = best.fd / floor
+        text = f"best model within {FD_FLOOR_GOAL:g}x floor: {best.name} at {ratio:.1f}x ({best.fd:.2f} vs {floor:.2f})"
+        out.append((ratio <= FD_FLOOR_GOAL, text))
+    else:
+        out.append((False, f"best model within {FD_FLOOR_GOAL:g}x floor: no model sampled"))
+    conditional = [q for q in rows if q.class_accuracy is not None]
+    for q in conditional:
+        ok = q.class_accuracy >= CLASS_ACCURACY_GOAL
+        out.append((ok, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: {q.name} {q.class_accuracy:.1%}"))
+    if not conditional:
+        out.append((False, f"conditional accuracy ≥ {CLASS_ACCURACY_GOAL:.0%}: not measured (no conditional model)"))
+    return out
+
+
+# -- outputs -------------------------------------------------------------------------------
+
+
+def tile(images: np.ndarray, columns: int, *, pad: int = 2, scale: int = GRID_SCALE) -> np.ndarray:
+    """(N, 1, H, W) images in rows of ``columns`` with white gaps, as upscaled uint8 grey.
+
+    The layout of ``genserve.exporters.grid.tile``, repeated here so evaluation needs no torch.
+    """
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    canvas = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad), dtype=np.float32)
+    for i, image in enumerate(images[:, 0]):
+        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
+        canvas[top : top + h, left : left + w] = image
+    canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
+    return np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_png(path: Path, grey: np.ndarray) -> None:
+    """Write an 8-bit greyscale PNG (stdlib only), byte for byte as ``grid.write_png`` does."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    height, width = grey.shape
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
+    rows = b"".join(b"\x00" + row.tobytes() for row in grey)  # filter type 0 per row
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+    png += chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+
+
+def card_figures(q: Quality, floor: float, baseline_fd: float | None, run: dict) -> dict:
+    """What ``--update-cards`` writes to ``card.metrics.quality``."""
+    figures: dict = {}
+    if q.fd is not None:
+        figures["fd"] = round(q.fd, 3)
+        figures["fd_of"] = "test reconstructions" if q.fd_of_reconstructions else "samples"
+        figures["fd_floor"] = round(floor, 3)
+        figures["fd_over_floor"] = round(q.fd / floor, 2)
+        if baseline_fd is not None:
+            figures["fd_baseline"] = round(baseline_fd, 3)
+    if q.class_accuracy is not None:
+        figures["class_accuracy"] = round(q.class_accuracy, 4)
+    if q.reconstruction_mse is not None:
+        figures["test_reconstruction_mse"] = round(q.reconstruction_mse, 5)
+    return {**figures, **run}
+
+
+def update_card(model: Model, q: Quality, figures: dict) -> bool:
+    """Write ``figures`` to the card and refresh its file records; False if the graphs changed.
+
+    The graphs' sha256 are taken again and must equal those taken before the
+    evaluation, so figures never land on a version rewritten meanwhile.
+    """
+    path = model.folder / repository.CONFIG_FILE
+    config = json.loads(path.read_text())
+    records = repository.file_records(model.folder, model.graph_files())
+    if records != q.file_hashes:
+        logger.warning("%s changed during evaluation; its card is left alone", model.folder)
+        return False
+    card = config.setdefault("card", {})
+    for name, record in records.items():
+        old = card.get("files", {}).get(name, {})
+        if old.get("sha256") not in (None, record["sha256"]):
+            logger.warning("%s: card sha256 of %s was stale; corrected", model.name, name)
+    card["files"] = {**card.get("files", {}), **records}
+    card.setdefault("metrics", {})["quality"] = figures
+    descriptor, temp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=model.folder)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)  # a service reloading the folder never reads half a file
+    return True
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def render_report(
+    rows: list[Quality], floor: float, classifier: EvalClassifier, run: dict, command: str
+) -> str:
+    """docs/quality.md."""
+    accuracy = classifier.card["test_accuracy"]
+    lines = [
+        "# Sample quality",
+        "",
+        "Every model in `models/` (newest version) scored one way: the Fréchet distance (FD) "
+        "between an evaluation classifier's features of its samples and of the 10,000 "
+        "Fashion-MNIST test images. Lower is better. Written by `make eval`:",
+        "",
+        "```sh",
+        command,
+        "```",
+        "",
+        "## Goals",
+        "",
+    ]
+    lines += [f"- {'✅' if ok else '❌'} {text}" for ok, text in goals(rows, floor)]
+    lines += [
+        "",
+        "## Results",
+        "",
+        "| model | family | FD ↓ | FD / floor | class accuracy | recon. MSE | notes |",
+        "|---|---|---:|---:|---:|---:|---|",
+        f"| *floor: real training images* | — | {floor:.2f} | 1.0 | — | — | "
+        f"{run['samples']:,} training images vs the test images |",
+    ]
+    for q in rows:
+        fd, ratio = _cell(q.fd, ".2f"), _cell(None if q.fd is None else q.fd / floor, ".1f")
+        if q.fd_of_reconstructions:
+            fd, ratio = f"({fd})", f"({ratio})"
+        lines.append(
+            f"| `{q.name}` v{q.version} | {q.family} | {fd} | {ratio} | "
+            f"{_cell(q.class_accuracy, '.1%')} | {_cell(q.reconstruction_mse, '.4f')} | "
+            f"{'; '.join(q.notes)} |"
+        )
+    lines += [
+        "",
+        "## How it is measured",
+        "",
+        f"- **Classifier**: `{run['classifier']}`, a small CNN trained on the 60,000 training "
+        f"images; test accuracy **{accuracy:.2%}**, {classifier.card['feature_dim']}-d "
+        f"penultimate features, sha256 `{classifier.card['files'][CLASSIFIER_ONNX]['sha256'][:16]}…`. "
+        f"Trained with `{classifier.card['command']}`; its card is "
+        f"`{Path(run['classifier']).with_name(CLASSIFIER_CARD).as_posix()}`.",
+        "- **FD** = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) between Gaussians fitted to the "
+        "features of two image sets (Heusel et al., 2017, with this classifier in place of "
+        "Inception).",
+        f"- **Samples**: {run['samples']:,} per model from its committed ONNX graphs on ONNX "
+        f"Runtime: the decoder (vae, aae, vaegan) or generator (gan) on z ~ N(0, I) from "
+        f"NumPy's generator seeded with {run['seed']}. Conditional models get the labels 0–9 "
+        "in turn, the same number per class.",
+        f"- **Floor**: {run['samples']:,} training images (drawn with the same seed) against "
+        "the test images: as close as a perfect model gets with this many samples. "
+        f"**Baseline**: `{BASELINE_MODEL}`.",
+        "- **Class accuracy** (conditional models): the share of samples whose arg-max "
+        "class is the requested one.",
+        "- **Recon. MSE**: mean squared error per pixel of encoder → decoder on all test "
+        "images (the encoder's mean for VAE-type models). Autoencoders cannot sample, so "
+        "their FD, in brackets, is of test reconstructions and is not ranked.",
+        "- `--update-cards` also writes each model's figures to `card.metrics.quality` in "
+        "its `config.json` and refreshes the card's sha256 records of its graphs.",
+        "",
+        "## Samples",
+        "",
+        f"8 × 8 samples from seed {GRID_SEED}; conditional models one row per class "
+        "(top to bottom: labels 0–9); autoencoders alternate rows of test images and "
+        "their reconstructions.",
+        "",
+    ]
+    for q in rows:
+        lines += [f"### `{q.name}`", "", f"![{q.name} samples](images/{q.name}-samples.png)", ""]
+    return "\n".join(lines)
