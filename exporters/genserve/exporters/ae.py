@@ -5,7 +5,7 @@ Trains on Fashion-MNIST (or the 5k MNIST digits), exports ``encoder.onnx``
 against PyTorch and writes ``<out>/<name>/<version>/``::
 
     python -m genserve.exporters.ae --out models --name ae-fashion --version 1 \\
-        --epochs 10 --seed 0 --threads 1
+        --epochs 5 --seed 0 --threads 1
 
 Symbols: x is an image, z = encoder(x) its latent code and x_hat = decoder(z)
 the reconstruction, read as per-pixel Bernoulli probabilities. The latent space
@@ -305,7 +305,9 @@ def equivalent_command(
     return f"{prog} {shlex.join(args + (extra or []))}"
 
 
-def build_parser(prog: str, description: str, default_name: str) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str, description: str, default_name: str, *, latent_dim: int = AEConfig.latent_dim
+) -> argparse.ArgumentParser:
     """The flags ae.py and aae.py share; a model file adds its own."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
@@ -316,7 +318,7 @@ def build_parser(prog: str, description: str, default_name: str) -> argparse.Arg
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=training.TrainConfig.batch_size)
     parser.add_argument("--learning-rate", type=float, default=training.TrainConfig.learning_rate)
-    parser.add_argument("--latent-dim", type=int, default=AEConfig.latent_dim)
+    parser.add_argument("--latent-dim", type=int, default=latent_dim)
     parser.add_argument(
         "--max-steps",
         type=int,

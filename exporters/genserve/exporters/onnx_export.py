@@ -40,6 +40,9 @@ class ParityError(AssertionError):
     """ONNX Runtime's outputs differ from PyTorch's by more than the tolerance."""
 
 
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # node metadata holding absolute source paths
+
+
 def export_onnx(
     module: torch.nn.Module,
     example_inputs: tuple[torch.Tensor, ...],
@@ -83,9 +86,25 @@ def export_onnx(
             verbose=False,
         )
     logger.debug("torch.onnx.export of %s:\n%s", path.name, progress.getvalue())
-    model = onnx.load(path, load_external_data=False)
+    model = strip_source_paths(onnx.load(path, load_external_data=False))
+    onnx.save(model, path)
     onnx.checker.check_model(model, full_check=True)
     _check_exported(model, path, input_names, output_names, opset)
+    return model
+
+
+def strip_source_paths(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node Python stack traces, in place, and return the model.
+
+    They name the exporting machine's absolute source paths; the computation
+    is untouched.
+    """
+    for nodes in [model.graph.node, *(f.node for f in model.functions)]:
+        for node in nodes:
+            kept = [p for p in node.metadata_props if p.key != STACK_TRACE_KEY]
+            if len(kept) != len(node.metadata_props):
+                del node.metadata_props[:]
+                node.metadata_props.extend(kept)
     return model
 
 

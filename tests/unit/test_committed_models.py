@@ -1,0 +1,41 @@
+"""Every committed model: loadable, fully carded, parity-checked, free of machine paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from genserve.runtime.repository import load_config, scan
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSIONS = [v for versions in scan(ROOT / "models").values() for v in versions]
+CARD_KEYS = {"dataset", "command", "seed", "training_time_s", "metrics", "parity", "files"}
+MACHINE_PATHS = (b"/work/", b"/root/", b"/home/", b"/tmp/", b"site-packages")
+
+
+def test_the_repository_is_not_empty():
+    assert VERSIONS
+
+
+@pytest.mark.parametrize("folder", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_version_loads_with_a_complete_card(folder):
+    config = load_config(folder)  # checks the sha256 of every file against the card
+    missing = CARD_KEYS - config.card.keys()
+    assert not missing, f"card lacks {sorted(missing)}"
+    assert config.card["parity"]["max_abs_diff"] <= 1e-4
+    assert set(config.card["files"]) == {g.path.name for g in config.graphs.values()}
+    assert config.card["metrics"], "the card records no quality metrics"
+
+
+@pytest.mark.parametrize("folder", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_no_graph_carries_a_path_of_the_machine_that_exported_it(folder):
+    for graph in folder.glob("*.onnx"):
+        data = graph.read_bytes()
+        found = [marker.decode() for marker in MACHINE_PATHS if marker in data]
+        assert not found, f"{graph.name} contains {found}: run python -m genserve.exporters.scrub"
+
+
+def test_the_repository_stays_small_enough_to_commit():
+    total = sum(f.stat().st_size for f in (ROOT / "models").rglob("*") if f.is_file())
+    assert total < 40 * 1024 * 1024, f"models/ holds {total / 2**20:.1f} MiB"
