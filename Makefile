@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/genserve/v1/*.proto)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 BUF := node_modules/.bin/buf
 
-.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint data venv dev
+.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint data venv dev eval
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -69,3 +69,6 @@ fmt: $(VENV)/.dev ## Format the code with ruff.
 
 bench: $(VENV)/.dev ## Run the serving benchmark and rewrite docs/benchmarks.md.
 	$(PY) bench/run_benchmarks.py --out docs/benchmarks.md
+
+eval: $(VENV)/.dev ## Measure every model's quality; rewrite docs/quality.md and the sample grids.
+	$(PY) -m genserve.exporters.evaluate --models models --out docs/quality.md --update-cards

@@ -85,17 +85,6 @@ class Classifier(nn.Module):
         return logits, features
 
 
-@torch.no_grad()
-def accuracy(model: Classifier, images: torch.Tensor, labels: torch.Tensor) -> float:
-    """Share of ``images`` whose arg-max logit is their label."""
-    model.eval()
-    hits = 0
-    for index in training.iterate_batches(torch.arange(len(images)), 1000):
-        logits, _ = model(images[index])
-        hits += int((logits.argmax(1) == labels[index]).sum())
-    return hits / len(images)
-
-
 def train_classifier(
     config: ClassifierConfig, train_config: training.TrainConfig, *, seed: int
 ) -> tuple[Classifier, training.TrainResult]:
@@ -115,7 +104,9 @@ def train_classifier(
         return loss, {"ce": loss.item()}
 
     # The training loop batches its data along the first axis: hand it the indices.
-    result = training.train(model, loss_fn, torch.arange(len(images)), train_config, generator=generator)
+    result = training.train(
+        model, loss_fn, torch.arange(len(images)), train_config, generator=generator
+    )
     return model, result
 
 
@@ -134,7 +125,11 @@ def export_classifier(model: Classifier, out: Path, card: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / ONNX_FILE
     onnx_model = onnx_export.export_onnx(
-        model, (torch.rand(2, *IMAGE_SHAPE),), path, input_names=["image"], output_names=OUTPUT_NAMES
+        model,
+        (torch.rand(2, *IMAGE_SHAPE),),
+        path,
+        input_names=["image"],
+        output_names=OUTPUT_NAMES,
     )
     parity = onnx_export.check_parity(
         model, path, lambda n, rng: {"image": rng.random((n, *IMAGE_SHAPE), dtype=np.float32)}
@@ -196,7 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         "training_time_s": result.training_time_s,
     }
     path = export_classifier(model, args.out, card)
-    logger.info("test accuracy %.4f", json.loads((args.out / CARD_FILE).read_text())["test_accuracy"])
+    logger.info(
+        "test accuracy %.4f", json.loads((args.out / CARD_FILE).read_text())["test_accuracy"]
+    )
     print(path)
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import struct
+import shlex
 import sys
-import tempfile
-import zlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,22 +30,31 @@ from tqdm import tqdm
 
 from genserve.exporters import repository
 from genserve.exporters.data import DatasetMissing, load_fashion_mnist
+from genserve.exporters.quality_report import (
+    BASELINE_MODEL,
+    GRID_COLUMNS,
+    GRID_SEED,
+    card_figures,
+    render_report,
+    tile,
+    update_card,
+    write_png,
+)
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.evaluate"
-COMMAND = f"{PROG} --models models --out docs/quality.md --update-cards"
 CLASSIFIER_ONNX = "fashion-classifier.onnx"
 CLASSIFIER_CARD = "fashion-classifier.json"
-BASELINE_MODEL = "vae-fashion"
-FD_FLOOR_GOAL = 5.0
-"""The best model's FD should be within this many times the floor."""
-CLASS_ACCURACY_GOAL = 0.85
-"""Conditional models should put at least this share of samples in the requested class."""
 GENERATIVE = ("vae", "aae", "vaegan", "gan")
 """Families whose decoder or generator maps N(0, I) latents to images."""
+EVALUATED = (*GENERATIVE, "ae")
+"""Families scored here; other models are listed without figures."""
 BATCH_SIZE = 500
-GRID_SEED, GRID_COLUMNS, GRID_SCALE = 1, 8, 2
+"""Images per session call."""
+DEFAULT_SAMPLES = 10_000
+_RANGE_SLACK = 1e-3  # images should lie in [0, 1]; a note flags those that do not
+DEFAULT_CLASSIFIER = Path("bench/quality")
 
 
 # -- statistics ----------------------------------------------------------------------------
@@ -72,7 +79,7 @@ class Gaussian:
 def frechet_distance(a: Gaussian, b: Gaussian) -> float:
     """Fréchet distance between two Gaussians (Heusel et al., 2017).
 
-    d² = ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½). The trace of the square root is
+    d² = |μa - μb|² + Tr(Σa + Σb - 2 (Σa Σb)^½). The trace of the square root is
     the sum of the square roots of the eigenvalues of Σa Σb, which are those of
     the symmetric matrix √Σa Σb √Σa: a symmetric eigensolver gives them without
     the complex round-off of a general matrix square root.
@@ -109,7 +116,9 @@ def _run_batched(
     n = len(next(iter(feeds.values())))
     parts: list[list[np.ndarray]] = []
     for start in tqdm(range(0, n, BATCH_SIZE), desc=desc, unit="batch", leave=False):
-        parts.append(session.run(None, {k: v[start : start + BATCH_SIZE] for k, v in feeds.items()}))
+        parts.append(
+            session.run(None, {k: v[start : start + BATCH_SIZE] for k, v in feeds.items()})
+        )
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
@@ -133,7 +142,9 @@ class EvalClassifier:
         path = folder / CLASSIFIER_ONNX
         expected, actual = card["files"][CLASSIFIER_ONNX]["sha256"], repository.sha256_file(path)
         if actual != expected:
-            raise ValueError(f"{CLASSIFIER_ONNX}: sha256 {actual} differs from its card's {expected}")
+            raise ValueError(
+                f"{CLASSIFIER_ONNX}: sha256 {actual} differs from its card's {expected}"
+            )
         return cls(_session(path), card)
 
     def run(self, images: np.ndarray, desc: str) -> tuple[np.ndarray, np.ndarray]:
@@ -164,6 +175,11 @@ class Model:
         )
 
     @property
+    def num_classes(self) -> int:
+        """Classes a conditional model takes: its labels, else Fashion-MNIST's 10."""
+        return len(self.config.get("labels") or ()) or 10
+
+    @property
     def latent_dim(self) -> int:
         return int(self.config["params"]["latent_dim"])
 
@@ -182,7 +198,9 @@ def find_models(root: Path) -> list[Model]:
     """The newest numbered version of every model under ``root`` that has a config."""
     found = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = sorted((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        versions = sorted(
+            (p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+        )
         if not versions:
             continue
         try:
@@ -200,14 +218,18 @@ def sample(model: Model, count: int, seed: int, desc: str) -> tuple[np.ndarray, 
     Returns:
         ``(images (count, 1, 28, 28), requested labels (count,) or None)``.
     """
-    latent = np.random.default_rng(seed).standard_normal((count, model.latent_dim), dtype=np.float32)
+    latent = np.random.default_rng(seed).standard_normal(
+        (count, model.latent_dim), dtype=np.float32
+    )
     if model.family != "gan":
-        (images,) = _run_batched(model.session("decoder"), {model.inputs("decoder")[0]: latent}, desc)
+        (images,) = _run_batched(
+            model.session("decoder"), {model.inputs("decoder")[0]: latent}, desc
+        )
         return images, None
     feeds = {"latent": latent}
     labels = None
     if model.conditional:
-        labels = np.arange(count, dtype=np.int64) % len(model.config["labels"])
+        labels = np.arange(count, dtype=np.int64) % model.num_classes
         feeds["label"] = labels
     (images,) = _run_batched(model.session("generator"), feeds, desc)
     return images, labels
@@ -229,11 +251,13 @@ def grid_images(model: Model, test_images: np.ndarray) -> np.ndarray:
     """
     if model.family == "ae":
         originals = test_images[: 4 * GRID_COLUMNS].reshape(4, GRID_COLUMNS, *test_images.shape[1:])
-        recons = reconstruct(model, test_images[: 4 * GRID_COLUMNS], "grid").reshape(originals.shape)
+        recons = reconstruct(model, test_images[: 4 * GRID_COLUMNS], "grid").reshape(
+            originals.shape
+        )
         return np.stack([originals, recons], axis=1).reshape(-1, *test_images.shape[1:])
     rng = np.random.default_rng(GRID_SEED)
     if model.family == "gan" and model.conditional:
-        classes = len(model.config["labels"])
+        classes = model.num_classes
         latent = rng.standard_normal((classes * GRID_COLUMNS, model.latent_dim), dtype=np.float32)
         labels = np.repeat(np.arange(classes, dtype=np.int64), GRID_COLUMNS)
         (images,) = model.session("generator").run(None, {"latent": latent, "label": labels})
@@ -266,18 +290,26 @@ class Quality:
 
 
 def evaluate_model(
-    model: Model, classifier: EvalClassifier, test: Gaussian, test_images: np.ndarray, *, samples: int, seed: int
+    model: Model,
+    classifier: EvalClassifier,
+    test: Gaussian,
+    test_images: np.ndarray,
+    *,
+    samples: int,
+    seed: int,
 ) -> Quality:
     """Score one model: FD of ``samples`` samples, class accuracy, reconstruction error."""
     q = Quality(model.name, model.family, model.folder.name)
     q.file_hashes = repository.file_records(model.folder, model.graph_files())
     if model.family in GENERATIVE:
         images, labels = sample(model, samples, seed, f"{model.name}: sample")
+        if images.min() < -_RANGE_SLACK or images.max() > 1 + _RANGE_SLACK:
+            q.notes.append(f"samples span [{images.min():.2f}, {images.max():.2f}], not [0, 1]")
         logits, features = classifier.run(images, f"{model.name}: classify")
         q.fd = frechet_distance(Gaussian.fit(features), test)
         if labels is not None:
             q.class_accuracy = class_accuracy(logits, labels)
-            q.notes.append(f"conditional: {samples // len(model.config['labels']):,} per class")
+            q.notes.append(f"conditional: {samples // model.num_classes:,} per class")
     if "encoder" in model.config.get("graphs", {}) and "decoder" in model.config["graphs"]:
         recons = reconstruct(model, test_images, f"{model.name}: reconstruct")
         q.reconstruction_mse = float(np.mean((recons - test_images) ** 2))
@@ -285,8 +317,117 @@ def evaluate_model(
             _, features = classifier.run(recons, f"{model.name}: classify")
             q.fd, q.fd_of_reconstructions = frechet_distance(Gaussian.fit(features), test), True
             q.notes.append("cannot sample: FD of test reconstructions, not comparable")
-    if model.family not in GENERATIVE and model.family != "ae":
+    if model.family not in EVALUATED:
         q.notes.append(f"family {model.family!r} is not evaluated here")
     if model.name == BASELINE_MODEL:
         q.notes.insert(0, "**baseline**")
     return q
+
+
+def evaluate_floor(
+    classifier: EvalClassifier, train_images: np.ndarray, test: Gaussian, *, samples: int, seed: int
+) -> float:
+    """FD of ``samples`` real training images (drawn with ``seed``) against the test images."""
+    subset = np.sort(np.random.default_rng(seed).choice(len(train_images), samples, replace=False))
+    _, features = classifier.run(train_images[subset], "floor: training images")
+    return frechet_distance(Gaussian.fit(features), test)
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working folder, or only its name when it lies outside."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, without paths from outside the repository."""
+    parts = ["--models", _display(args.models), "--out", _display(args.out)]
+    if args.samples != DEFAULT_SAMPLES:
+        parts += ["--samples", str(args.samples)]
+    if args.seed != 0:
+        parts += ["--seed", str(args.seed)]
+    if args.classifier.resolve() != DEFAULT_CLASSIFIER.resolve():
+        parts += ["--classifier", _display(args.classifier)]
+    if args.update_cards:
+        parts.append("--update-cards")
+    return f"{PROG} {shlex.join(parts)}"
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models"), help="model repository")
+    parser.add_argument("--out", type=Path, default=Path("docs/quality.md"), help="report to write")
+    parser.add_argument(
+        "--samples", type=int, default=DEFAULT_SAMPLES, help="samples per model (and floor images)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seeds the latents and the floor")
+    parser.add_argument(
+        "--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="folder of the classifier"
+    )
+    parser.add_argument(
+        "--update-cards", action="store_true", help="write the figures into each model's card"
+    )
+    args = parser.parse_args(argv)
+    if not 100 <= args.samples <= 60_000:
+        parser.error(f"--samples must be between 100 and 60000, got {args.samples}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    started = time.perf_counter()
+    try:
+        classifier = EvalClassifier.load(args.classifier)
+        test, train = load_fashion_mnist("test"), load_fashion_mnist("train")
+        models = find_models(args.models)
+    except (DatasetMissing, OSError, ValueError, KeyError) as e:
+        sys.exit(f"{PROG}: error: {e}")
+    _, test_features = classifier.run(test.images, "test images")
+    test_stats = Gaussian.fit(test_features)
+    floor = evaluate_floor(
+        classifier, train.images, test_stats, samples=args.samples, seed=args.seed
+    )
+    images_dir = args.out.parent / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for model in tqdm(models, desc="models", unit="model"):
+        try:
+            rows.append(
+                evaluate_model(
+                    model, classifier, test_stats, test.images, samples=args.samples, seed=args.seed
+                )
+            )
+            if model.family in EVALUATED:
+                grid = tile(grid_images(model, test.images), GRID_COLUMNS)
+                write_png(images_dir / f"{model.name}-samples.png", grid)
+        except Exception as e:  # a broken model becomes a row saying so, not a failed run
+            logger.warning("%s: evaluation failed: %s", model.name, e)
+            rows.append(
+                Quality(model.name, model.family, model.folder.name, notes=[f"failed: {e}"])
+            )
+    run = {
+        "samples": args.samples,
+        "seed": args.seed,
+        "test_images": len(test),
+        "classifier": _display(args.classifier / CLASSIFIER_ONNX),
+        "classifier_sha256": classifier.card["files"][CLASSIFIER_ONNX]["sha256"],
+        "classifier_test_accuracy": classifier.card["test_accuracy"],
+        "command": _command(args),
+    }
+    args.out.write_text(render_report(rows, floor, classifier.card, run))
+    if args.update_cards:
+        baseline = next((q.fd for q in rows if q.name == BASELINE_MODEL), None)
+        for model, q in zip(models, rows, strict=True):
+            if q.fd is not None or q.reconstruction_mse is not None:
+                update_card(model, q, card_figures(q, floor, baseline, run))
+    print(f"floor FD {floor:.3f}")
+    for q in rows:
+        print(f"{q.name}: FD {q.fd}, class accuracy {q.class_accuracy}, mse {q.reconstruction_mse}")
+    print(f"wrote {args.out} in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

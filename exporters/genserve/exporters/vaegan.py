@@ -1,0 +1,492 @@
+"""VAE-GAN (Larsen et al., 2016) for 28x28 grey images.
+
+A VAE whose decoder is also a GAN generator, and whose reconstruction error is
+measured in the feature space of the GAN's discriminator. Trains on
+Fashion-MNIST (or the 5k MNIST digits), exports the same two graphs as the VAE,
+``encoder.onnx`` (image -> mean, log_variance) and ``decoder.onnx`` (latent ->
+image in [0, 1]), checks them against PyTorch and writes
+``<out>/<name>/<version>/``::
+
+    python -m genserve.exporters.vaegan --out models --name vaegan-fashion --version 1 \\
+        --epochs 4 --seed 0 --threads 1
+
+Symbols (the paper's, section 2): x an image, z = Enc(x) a sample of
+q(z|x) = N(mean, exp(log_variance)), x~ = Dec(z) its reconstruction, z_p ~ p(z) =
+N(0, I) and x_p = Dec(z_p) a prior sample; Dis_l(x) the discriminator's l-th
+layer, Dis(x) its real-vs-fake logit. Losses, each per image and averaged over
+the batch:
+
+    L_prior = KL(q(z|x) || p(z))
+    L_llike = 1/2 |Dis_l(x~) - Dis_l(x)|^2 + pixel_weight * BCE(x, x~)
+    L_GAN   = log Dis(x) + log(1 - Dis(x~)) + log(1 - Dis(x_p))
+
+    encoder:       L_prior + L_llike
+    decoder:       gamma * L_llike - L_GAN   (non-saturating: -log Dis(x~) - log Dis(x_p))
+    discriminator: -L_GAN                    (the two fake terms weighted 1/2 each)
+
+Choices for a stable run on a CPU at small scale, departing from the paper:
+the pixel-wise BCE term in L_llike anchors reconstructions while the
+discriminator's features are still meaningless; spectral normalisation on every
+discriminator layer replaces the paper's equilibrium heuristics; all three
+networks step together on gradients of one forward pass (each loss reaches only
+its own network's parameters); Adam with beta1 = 0.5 and the cosine decay of
+:mod:`genserve.exporters.training`; the exported encoder and decoder are an
+exponential moving average of their weights, which evens out the oscillation of
+the adversarial updates and leaves cleaner samples than the last weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from tqdm import tqdm
+
+from genserve.exporters import onnx_export, repository, training, vae
+from genserve.exporters.data import DatasetMissing, load_dataset
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m genserve.exporters.vaegan"
+EVAL_LIMIT_QUICK = vae.EVAL_LIMIT_QUICK
+ADAM_BETAS = (0.5, 0.999)
+LOSS_NAMES = ("encoder", "decoder", "discriminator")
+
+
+@dataclass(frozen=True)
+class VAEGANConfig:
+    """Shape and loss weights of the VAE-GAN; stored in checkpoints so a model can be rebuilt."""
+
+    latent_dim: int = 16
+    """Size D of the latent z."""
+    channels: tuple[int, int] = (16, 32)
+    """Encoder conv widths at 14x14 and 7x7 (the decoder mirrors them)."""
+    hidden_dim: int = 256
+    """Width of the fully connected layer between the 7x7 features and z."""
+    disc_channels: tuple[int, int, int] = (32, 64, 64)
+    """Discriminator conv widths at 14x14, 7x7 and 7x7; the last one is the layer Dis_l."""
+    gamma: float = 0.1
+    """Weight of L_llike (content) against L_GAN (style) in the decoder's loss."""
+    pixel_weight: float = 1.0
+    """Weight of the pixel-wise BCE (nats per image) inside L_llike."""
+    ema_decay: float = 0.999
+    """Decay of the moving average of the encoder's and decoder's weights that is exported
+    (0 exports the last weights)."""
+
+    def __post_init__(self) -> None:
+        self.vae_config()  # checks latent_dim and channels
+        if len(self.disc_channels) != 3 or min(self.disc_channels) < 1:
+            raise ValueError(
+                f"disc_channels must be three positive widths, got {self.disc_channels}"
+            )
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.gamma < 0 or self.pixel_weight < 0:
+            raise ValueError(
+                f"gamma and pixel_weight must be >= 0, got {self.gamma} and {self.pixel_weight}"
+            )
+
+    def vae_config(self) -> vae.VAEConfig:
+        """The shape of the encoder and decoder (validated there)."""
+        return vae.VAEConfig(self.latent_dim, self.channels, self.hidden_dim)
+
+
+class Discriminator(nn.Module):
+    """Dis: image (B, 1, 28, 28) -> real-vs-fake logit (B,) and features Dis_l (B, C3, 7, 7)."""
+
+    def __init__(self, config: VAEGANConfig) -> None:
+        super().__init__()
+        c1, c2, c3 = config.disc_channels
+        self.features = nn.Sequential(
+            spectral_norm(nn.Conv2d(1, c1, 4, stride=2, padding=1)),  # 28 -> 14
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(c1, c2, 4, stride=2, padding=1)),  # 14 -> 7
+            nn.LeakyReLU(0.2),
+            spectral_norm(nn.Conv2d(c2, c3, 3, padding=1)),  # Dis_l, taken before its activation
+        )
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), spectral_norm(nn.Linear(c3 * 7 * 7, 1)))
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.features(image)  # (B, C3, 7, 7)
+        logit = self.head(features.flatten(1)).squeeze(1)  # (B,)
+        return logit, features
+
+
+class VAEGAN(nn.Module):
+    """A VAE (the exported encoder and decoder) and the discriminator that trains it."""
+
+    def __init__(self, config: VAEGANConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vae = vae.VAE(config.vae_config())
+        self.discriminator = Discriminator(config)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters each of the three losses updates, by :data:`LOSS_NAMES`."""
+        modules = (self.vae.encoder, self.vae.decoder, self.discriminator)
+        return {name: list(m.parameters()) for name, m in zip(LOSS_NAMES, modules, strict=True)}
+
+    def losses(
+        self, image: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """The encoder's, decoder's and discriminator's losses on one batch, and their parts.
+
+        Each loss must only update its own network: pass the groups of
+        :meth:`parameter_groups` as ``backward(inputs=...)``.
+        """
+        c = self.config
+        mean, log_variance = self.vae.encoder(image)  # (B, D) each
+        # 1. z = mean + sigma * eps ~ q(z|x); z_p ~ N(0, I).
+        eps = torch.randn(mean.shape, generator=generator)
+        z = mean + torch.exp(0.5 * log_variance) * eps  # (B, D)
+        z_p = torch.randn(mean.shape, generator=generator)  # (B, D)
+        # 2. x~ = Dec(z), x_p = Dec(z_p). Separate calls (and separate Dis calls below)
+        #    keep each backward pass to the images its loss depends on.
+        reconstruction_logits = self.vae.decoder.logits(z)  # (B, 1, 28, 28)
+        reconstruction = torch.sigmoid(reconstruction_logits)
+        prior_sample = self.vae.decoder(z_p)  # (B, 1, 28, 28)
+        # 3. Dis and Dis_l on x, x~ and x_p.
+        real_logit, real_features = self.discriminator(image)  # (B,), (B, C3, 7, 7)
+        reconstruction_logit, reconstruction_features = self.discriminator(reconstruction)
+        prior_logit, _ = self.discriminator(prior_sample)
+        # 4. L_prior: KL(N(mean, var) || N(0, 1)) in closed form.
+        kl = 0.5 * (mean.pow(2) + log_variance.exp() - log_variance - 1).sum(1)  # (B,)
+        # 5. L_llike: Gaussian in Dis_l's space (Dis_l(x) is the target) plus pixel BCE.
+        feature = 0.5 * (reconstruction_features - real_features.detach()).pow(2).flatten(1).sum(1)
+        pixel = F.binary_cross_entropy_with_logits(reconstruction_logits, image, reduction="none")
+        pixel = pixel.flatten(1).sum(1)  # (B,)
+        llike = (feature + c.pixel_weight * pixel).mean()
+        # 6. L_GAN, with the generator's side non-saturating.
+        real, fake = torch.ones_like(real_logit), torch.zeros_like(real_logit)
+        bce = F.binary_cross_entropy_with_logits
+        fooled = bce(reconstruction_logit, real) + bce(prior_logit, real)
+        spotted = bce(reconstruction_logit, fake) + bce(prior_logit, fake)
+        real_loss = bce(real_logit, real)
+        losses = {
+            "encoder": kl.mean() + llike,
+            "decoder": c.gamma * llike + fooled,
+            "discriminator": real_loss + 0.5 * spotted,
+        }
+        parts = {
+            "kl": kl.mean().item(),
+            "feature": feature.mean().item(),
+            "bce": pixel.mean().item(),
+            "gan_g": fooled.item(),
+        }
+        return losses, parts
+
+
+def train(
+    model: VAEGAN,
+    data: torch.Tensor,
+    config: training.TrainConfig,
+    *,
+    generator: torch.Generator,
+) -> tuple[training.TrainResult, dict[str, float]]:
+    """Train the three networks together with Adam, showing a tqdm bar per epoch.
+
+    The encoder and decoder end with the exponential moving average of their
+    weights (``ema_decay``), which is what gets exported.
+
+    Returns:
+        What the run did (``last_epoch_loss`` is the decoder's), and the mean of
+        each loss and part over the last (possibly partial) epoch.
+    """
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    groups = model.parameter_groups()
+    optimizers = [
+        torch.optim.Adam(groups[name], lr=config.learning_rate, betas=ADAM_BETAS)
+        for name in LOSS_NAMES
+    ]
+    schedules = [
+        torch.optim.lr_scheduler.LambdaLR(
+            o, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / total_steps))
+        )
+        for o in optimizers
+    ]
+    average = copy.deepcopy(model.vae).requires_grad_(False)
+    model.train()
+    step, started, history = 0, time.perf_counter(), {}
+    for epoch in range(config.epochs):
+        remaining = total_steps - step
+        if remaining <= 0:
+            break
+        batches = training.iterate_batches(data, config.batch_size, generator=generator)
+        bar = tqdm(batches, total=min(steps_per_epoch, remaining), desc=f"epoch {epoch + 1}")
+        history = {}
+        for batch in bar:
+            parts = _step(model, batch, groups, optimizers, generator)
+            for schedule in schedules:
+                schedule.step()
+            step += 1
+            _update_average(average, model.vae, model.config.ema_decay, step)
+            for key, value in parts.items():
+                history.setdefault(key, []).append(value)
+            shown = {k: f"{v:.2f}" for k, v in parts.items() if k not in ("encoder", "decoder")}
+            bar.set_postfix(shown, refresh=False)
+            if step >= total_steps:
+                break
+        bar.close()
+        logger.info("epoch %d: %d steps, %s", epoch + 1, step, _means(history))
+    model.vae.load_state_dict(average.state_dict())
+    model.eval()
+    final = _means(history)
+    result = training.TrainResult(
+        steps=step,
+        epochs=round(step / steps_per_epoch, 3),
+        training_time_s=round(time.perf_counter() - started, 1),
+        last_epoch_loss=final.get("decoder", float("nan")),
+    )
+    return result, final
+
+
+def _step(
+    model: VAEGAN,
+    batch: torch.Tensor,
+    groups: dict[str, list[nn.Parameter]],
+    optimizers: list[torch.optim.Optimizer],
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """One simultaneous update of the three networks, each from its own loss."""
+    losses, parts = model.losses(batch, generator)
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    for i, name in enumerate(LOSS_NAMES):
+        losses[name].backward(inputs=groups[name], retain_graph=i < len(LOSS_NAMES) - 1)
+    for optimizer in optimizers:
+        optimizer.step()
+    return {**{name: losses[name].item() for name in LOSS_NAMES}, **parts}
+
+
+@torch.no_grad()
+def _update_average(average: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """EMA of the weights, with the decay warmed up so short runs average few steps."""
+    decay = min(decay, (1 + step) / (10 + step))
+    for mean, param in zip(average.parameters(), model.parameters(), strict=True):
+        mean.lerp_(param, 1.0 - decay)
+
+
+def _means(history: dict[str, list[float]]) -> dict[str, float]:
+    return {key: round(float(np.mean(values)), 4) for key, values in history.items()}
+
+
+@torch.no_grad()
+def evaluate(model: VAEGAN, images: torch.Tensor, *, seed: int, batch_size: int = 500) -> dict:
+    """The VAE's test figures (nats per image, one z each) and the reconstruction MSE.
+
+    ``test_reconstruction_mse`` is per pixel, decoding the mean of q(z|x) as the
+    service's Reconstruct does.
+    """
+    model.eval()
+    metrics = vae.evaluate(model.vae, images, seed=seed, batch_size=batch_size)
+    squared_error = 0.0
+    for batch in training.iterate_batches(images, batch_size):
+        mean, _ = model.vae.encoder(batch)
+        squared_error += (model.vae.decoder(mean) - batch).double().pow(2).sum().item()
+    mse = squared_error / max(images.numel(), 1)
+    return {"test_reconstruction_mse": round(mse, 5), **metrics}
+
+
+def save_checkpoint(model: VAEGAN, path: Path) -> None:
+    """Save the weights with the config that rebuilds the model."""
+    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> VAEGAN:
+    """Rebuild a VAE-GAN from :func:`save_checkpoint`'s file."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    fields = checkpoint["config"]
+    for key in ("channels", "disc_channels"):
+        fields[key] = tuple(fields[key])
+    model = VAEGAN(VAEGANConfig(**fields))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def train_and_export(
+    *,
+    out: Path,
+    name: str = "vaegan-fashion",
+    version: int = 1,
+    data: str = "fashion",
+    seed: int = 0,
+    model_config: VAEGANConfig | None = None,
+    train_config: training.TrainConfig | None = None,
+    eval_limit: int | None = None,
+    command: str | None = None,
+    checkpoint: Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Train a VAE-GAN, export and check its graphs, and write a model-repository version.
+
+    Args:
+        out: the model repository root; the version lands in ``out/name/version``.
+        name: the model name.
+        version: the version folder, a positive integer.
+        data: ``"fashion"`` or ``"mnist5k"``.
+        seed: seeds the weights, the shuffling, the noise and the evaluation samples.
+        model_config: shape and loss weights; defaults to :class:`VAEGANConfig`.
+        train_config: epochs, batch size, learning rate, step budget.
+        eval_limit: evaluate on the first this many test images; None for all.
+        command: the command line for the model card; None writes the
+            equivalent ``python -m`` command.
+        checkpoint: also save the PyTorch checkpoint here.
+        overwrite: replace an existing version folder.
+
+    Returns:
+        The version folder.
+    """
+    model_config = model_config or VAEGANConfig()
+    train_config = train_config or training.TrainConfig()
+    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
+    generator = training.seed_everything(seed)
+    train_images = torch.from_numpy(load_dataset(data, "train").images)
+    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
+    model = VAEGAN(model_config)
+    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
+    result, final_losses = train(model, train_images, train_config, generator=generator)
+    metrics = evaluate(model, test_images, seed=seed)
+    logger.info("test metrics: %s", metrics)
+    if checkpoint is not None:
+        save_checkpoint(model, checkpoint)
+    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
+        graphs, parity = vae.export_graphs(model.vae, folder)
+        card = {
+            "description": f"VAE-GAN with a {model_config.latent_dim}-d latent trained on "
+            f"{vae.DATASET_CARDS[data].split(',')[0]}: a VAE whose decoder is also a GAN "
+            "generator, with reconstructions compared in the discriminator's feature space "
+            "(Larsen et al., 2016); the decoder maps N(0, I) latents to 28x28 grey images "
+            "in [0, 1].",
+            "dataset": vae.DATASET_CARDS[data],
+            "command": command or _equivalent_command(out, name, version, data, seed, train_config),
+            "seed": seed,
+            "epochs": result.epochs,
+            "steps": result.steps,
+            "training_time_s": result.training_time_s,
+            "hyperparameters": {
+                **dataclasses.asdict(model_config),
+                "batch_size": train_config.batch_size,
+                "learning_rate": train_config.learning_rate,
+            },
+            "metrics": metrics,
+            "final_losses": final_losses,
+            "parity": parity,
+            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
+            "framework": {
+                "torch": torch.__version__.split("+")[0],
+                "onnx_opset": onnx_export.ONNX_OPSET,
+            },
+            "created_utc": repository.utc_now_iso(),
+        }
+        repository.write_config(folder, _model_config(name, model_config, graphs, card))
+    return repository.version_dir(out, name, version)
+
+
+def _model_config(name: str, config: VAEGANConfig, graphs: dict, card: dict) -> dict:
+    return {
+        "name": name,
+        "family": "vaegan",
+        "graphs": graphs,
+        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
+        "max_num_samples": 256,
+        "params": {"latent_dim": config.latent_dim, "image_shape": list(vae.IMAGE_SHAPE)},
+        "labels": [],
+        "card": card,
+    }
+
+
+def _equivalent_command(
+    out: Path, name: str, version: int, data: str, seed: int, config: training.TrainConfig
+) -> str:
+    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
+    args += [str(config.epochs), "--seed", str(seed), "--data", data]
+    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
+    if config.max_steps is not None:
+        args += ["--max-steps", str(config.max_steps)]
+    return f"{PROG} {shlex.join(args)}"
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    defaults = VAEGANConfig()
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
+    parser.add_argument("--name", default="vaegan-fashion", help="model name (folder under --out)")
+    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
+    parser.add_argument("--data", choices=sorted(vae.DATASET_CARDS), default="fashion")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
+    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="content vs style")
+    parser.add_argument(
+        "--pixel-weight", type=float, default=defaults.pixel_weight, help="pixel BCE in L_llike"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        help=f"stop after this many steps and evaluate on {EVAL_LIMIT_QUICK} test images",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("genserve").setLevel(logging.INFO)
+    logger.setLevel(logging.INFO)  # named __main__ under python -m
+    torch.set_num_threads(args.threads)
+    try:
+        repository.version_dir(args.out, args.name, args.version)
+        model_config = VAEGANConfig(
+            latent_dim=args.latent_dim, gamma=args.gamma, pixel_weight=args.pixel_weight
+        )
+        train_config = training.TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_steps=args.max_steps,
+        )
+    except ValueError as e:
+        sys.exit(f"{PROG}: error: {e}")
+    try:
+        folder = train_and_export(
+            out=args.out,
+            name=args.name,
+            version=args.version,
+            data=args.data,
+            seed=args.seed,
+            model_config=model_config,
+            train_config=train_config,
+            eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
+            command=f"{PROG} {shlex.join(argv)}",
+            checkpoint=args.checkpoint,
+            overwrite=args.overwrite,
+        )
+    except (DatasetMissing, FileExistsError) as e:
+        sys.exit(f"{PROG}: error: {e}")
+    print(folder)
+
+
+if __name__ == "__main__":
+    main()
