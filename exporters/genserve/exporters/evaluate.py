@@ -30,15 +30,15 @@ from tqdm import tqdm
 
 from genserve.exporters import repository
 from genserve.exporters.data import DatasetMissing, load_fashion_mnist
+from genserve.exporters.grid import tile, write_png
 from genserve.exporters.quality_report import (
     BASELINE_MODEL,
     GRID_COLUMNS,
+    GRID_SCALE,
     GRID_SEED,
     card_figures,
     render_report,
-    tile,
     update_card,
-    write_png,
 )
 
 logger = logging.getLogger(__name__)
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                 )
             )
             if model.family in EVALUATED:
-                grid = tile(grid_images(model, test.images), GRID_COLUMNS)
+                grid = tile(grid_images(model, test.images), GRID_COLUMNS, scale=GRID_SCALE)
                 write_png(images_dir / f"{model.name}-samples.png", grid)
         except Exception as e:  # a broken model becomes a row saying so, not a failed run
             logger.warning("%s: evaluation failed: %s", model.name, e)

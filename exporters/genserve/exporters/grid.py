@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from genserve.exporters.onnx_export import cpu_session
-
 
 def sample_images(model_dir: Path, count: int, seed: int) -> np.ndarray:
     """Decode ``count`` latents z ~ N(0, I); returns (count, 1, H, W) in [0, 1]."""
     config = json.loads((model_dir / "config.json").read_text())
     decoder = config["graphs"]["decoder"]
     latent_dim = decoder["inputs"][0]["shape"][1]
+    from genserve.exporters.onnx_export import cpu_session  # imports torch: only when sampling
+
     session = cpu_session(model_dir / decoder["file"])
     latent = np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
     (images,) = session.run(None, {decoder["inputs"][0]["name"]: latent})

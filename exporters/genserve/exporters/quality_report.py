@@ -9,13 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 import tempfile
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from genserve.exporters import repository
 
@@ -82,36 +78,6 @@ def _beats_baseline(
 
 
 # -- outputs -------------------------------------------------------------------------------
-
-
-def tile(images: np.ndarray, columns: int, *, pad: int = 2, scale: int = GRID_SCALE) -> np.ndarray:
-    """(N, 1, H, W) images in rows of ``columns`` with white gaps, as upscaled uint8 grey.
-
-    The layout of ``genserve.exporters.grid.tile``, repeated here so evaluation needs no torch.
-    """
-    n, _, h, w = images.shape
-    rows = -(-n // columns)
-    canvas = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad), dtype=np.float32)
-    for i, image in enumerate(images[:, 0]):
-        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
-        canvas[top : top + h, left : left + w] = image
-    canvas = canvas.repeat(scale, axis=0).repeat(scale, axis=1)
-    return np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
-
-
-def write_png(path: Path, grey: np.ndarray) -> None:
-    """Write an 8-bit greyscale PNG (stdlib only), byte for byte as ``grid.write_png`` does."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = struct.pack(">I", zlib.crc32(kind + body))
-        return struct.pack(">I", len(body)) + kind + body + crc
-
-    height, width = grey.shape
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, greyscale
-    rows = b"".join(b"\x00" + row.tobytes() for row in grey)  # filter type 0 per row
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-    png += chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
-    path.write_bytes(png)
 
 
 def card_figures(q: Quality, floor: float, baseline_fd: float | None, run: dict) -> dict:
