@@ -16,6 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -25,6 +26,34 @@ from genserve.runtime.supervisor import Supervisor, free_ports, python_module_co
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_VAE = ROOT / "models" / "vae-fashion"
 TINY = "vae-tiny"
+
+
+class Started(NamedTuple):
+    """One process started for a test: the child, its gRPC target, its /metrics URL."""
+
+    child: object
+    target: str
+    metrics: str
+
+
+def start(sup: Supervisor, module: str, *args: str) -> Started:
+    """Start `python -m module` on free loopback ports and wait until it is healthy."""
+    port, metrics_port = free_ports(2)
+    target = f"127.0.0.1:{port}"
+    child = sup.start(
+        f"{module}-{port}",
+        python_module_command(
+            module, "--port", str(port), "--metrics-port", str(metrics_port), *args
+        ),
+        health_target=target,
+    )
+    sup.wait_healthy(child, timeout_s=60)
+    return Started(child, target, f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def start_family(sup: Supervisor, models: Path, *args: str) -> Started:
+    """A vae family service over `models`, with extra command-line `args`."""
+    return start(sup, "genserve.families", "--family", "vae", "--models", str(models), *args)
 
 
 @dataclass(frozen=True)

@@ -7,27 +7,9 @@ import time
 import pytest
 
 from genserve.client import Client, DeadlineExceededError, UnavailableError
-from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
+from genserve.runtime.supervisor import Supervisor
 
-from .conftest import TINY, scrape, total
-
-
-def start(sup: Supervisor, module: str, *args: str) -> tuple[object, str, str]:
-    port, metrics_port = free_ports(2)
-    target = f"127.0.0.1:{port}"
-    child = sup.start(
-        f"{module}-{port}",
-        python_module_command(
-            module, "--port", str(port), "--metrics-port", str(metrics_port), *args
-        ),
-        health_target=target,
-    )
-    sup.wait_healthy(child, timeout_s=60)
-    return child, target, f"http://127.0.0.1:{metrics_port}/metrics"
-
-
-def start_family(sup, repo, *args):
-    return start(sup, "genserve.families", "--family", "vae", "--models", str(repo), *args)
+from .conftest import TINY, scrape, start, start_family, total
 
 
 def test_seeded_calls_survive_a_backend_dying(tiny_repo, tmp_path):

@@ -7,30 +7,14 @@ import shutil
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from genserve.client import Client, GenserveError
 from genserve.runtime.repository import sha256_of
-from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
+from genserve.runtime.supervisor import Supervisor
 
-from .conftest import TINY
-
-
-def start_family(sup: Supervisor, models: Path, *extra: str) -> tuple[object, str]:
-    port, metrics_port = free_ports(2)
-    target = f"127.0.0.1:{port}"
-    child = sup.start(
-        f"family-{port}",
-        python_module_command(
-            "genserve.families", "--family", "vae", "--models", str(models),
-            "--port", str(port), "--metrics-port", str(metrics_port), *extra,
-        ),
-        health_target=target,
-    )  # fmt: skip
-    sup.wait_healthy(child, timeout_s=60)
-    return child, target
+from .conftest import TINY, start_family
 
 
 def wait_for(predicate, timeout_s: float = 15.0) -> bool:
@@ -45,7 +29,9 @@ def wait_for(predicate, timeout_s: float = 15.0) -> bool:
 def test_sigterm_finishes_in_flight_calls_then_exits_cleanly(tiny_repo, tmp_path):
     with Supervisor(log_dir=tmp_path, grace_s=15) as sup:
         # A long queue delay keeps the call in flight when SIGTERM arrives.
-        child, target = start_family(sup, tiny_repo, "--max-queue-delay-ms", "800", "--fixed-delay")
+        child, target, _ = start_family(
+            sup, tiny_repo, "--max-queue-delay-ms", "800", "--fixed-delay"
+        )
         results: dict[str, object] = {}
 
         def call() -> None:
@@ -71,7 +57,7 @@ def test_a_new_version_is_picked_up_and_a_broken_one_refused(tiny_repo, tmp_path
     repo = tmp_path / "models"
     shutil.copytree(tiny_repo / TINY, repo / TINY)
     with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
-        child, target = start_family(sup, repo, "--poll-s", "0.3")
+        child, target, _ = start_family(sup, repo, "--poll-s", "0.3")
         with Client(target, timeout_s=10) as client:
             assert client.generate(TINY, 1, seed=1).model_version == "1"
 
@@ -102,7 +88,7 @@ def test_a_damaged_only_version_serves_nothing_but_the_process_stays_up(
     else:
         (folder / "config.json").write_text("{not json")
     with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
-        child, target = start_family(sup, repo)
+        child, target, _ = start_family(sup, repo)
         with Client(target, timeout_s=10) as client:
             assert client.list_models() == []
         assert "refused model version" in child.log_tail(200)

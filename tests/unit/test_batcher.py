@@ -126,7 +126,7 @@ async def test_full_queue_refuses_at_once_and_keeps_serving():
     started = time.monotonic()
     with pytest.raises(ResourceExhausted, match="queue is full"):
         await batcher.submit({"x": np.zeros((1, 1), np.float32)})
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.5  # refused, not queued behind the gate
     gate.set()
     await first
     results = await asyncio.gather(*waiting)
