@@ -23,10 +23,10 @@ decoder are ae.py's (vae.py's conv blocks), so the graphs have ae's signature.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from genserve.exporters import ae, repository, training
-from genserve.exporters.data import DatasetMissing, load_dataset
-from genserve.exporters.vae import DATASET_CARDS, EVAL_LIMIT_QUICK
+from genserve.exporters import ae, cli, repository, training
+from genserve.exporters.data import load_dataset
+from genserve.exporters.vae import DATASET_CARDS
 
 logger = logging.getLogger(__name__)
 
@@ -331,8 +331,7 @@ def train_and_export(
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = ae.build_parser(
+    parser = cli.build_parser(
         PROG, __doc__.split("\n\n")[0], "aae-fashion", latent_dim=AAEConfig.latent_dim
     )
     parser.add_argument(
@@ -343,11 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--generator-learning-rate", type=float, default=AAETrainConfig.generator_learning_rate
     )
-    args = parser.parse_args(argv)
-    ae.setup_cli(args, logger)
-    try:
-        repository.version_dir(args.out, args.name, args.version)
-        model_config = AAEConfig(latent_dim=args.latent_dim)
+
+    def configs(args: argparse.Namespace) -> tuple[AAEConfig, AAETrainConfig]:
         train_config = AAETrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -356,25 +352,9 @@ def main(argv: list[str] | None = None) -> None:
             discriminator_learning_rate=args.discriminator_learning_rate,
             generator_learning_rate=args.generator_learning_rate,
         )
-    except ValueError as e:
-        sys.exit(f"{PROG}: error: {e}")
-    try:
-        folder = train_and_export(
-            out=args.out,
-            name=args.name,
-            version=args.version,
-            data=args.data,
-            seed=args.seed,
-            model_config=model_config,
-            train_config=train_config,
-            eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
-            command=f"{PROG} {shlex.join(argv)}",
-            checkpoint=args.checkpoint,
-            overwrite=args.overwrite,
-        )
-    except (DatasetMissing, FileExistsError) as e:
-        sys.exit(f"{PROG}: error: {e}")
-    print(folder)
+        return AAEConfig(latent_dim=args.latent_dim), train_config
+
+    cli.run(PROG, sys.argv[1:] if argv is None else argv, parser, configs, train_and_export)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ outputs instead of a mean and a log-variance. aae.py builds on this file.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import shlex
@@ -31,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.exporters import onnx_export, repository, training, vae
-from genserve.exporters.data import DatasetMissing, load_dataset
-from genserve.exporters.vae import DATASET_CARDS, EVAL_LIMIT_QUICK, IMAGE_SHAPE
+from genserve.exporters import cli, onnx_export, repository, training, vae
+from genserve.exporters.data import load_dataset
+from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
 
 logger = logging.getLogger(__name__)
 
@@ -305,71 +304,17 @@ def equivalent_command(
     return f"{prog} {shlex.join(args + (extra or []))}"
 
 
-def build_parser(
-    prog: str, description: str, default_name: str, *, latent_dim: int = AEConfig.latent_dim
-) -> argparse.ArgumentParser:
-    """The flags ae.py and aae.py share; a model file adds its own."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
-    parser.add_argument("--name", default=default_name, help="model name (folder under --out)")
-    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
-    parser.add_argument("--data", choices=sorted(DATASET_CARDS), default="fashion")
-    parser.add_argument("--epochs", type=int, default=training.TrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=training.TrainConfig.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=training.TrainConfig.learning_rate)
-    parser.add_argument("--latent-dim", type=int, default=latent_dim)
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        help=f"stop after this many optimizer steps and evaluate on {EVAL_LIMIT_QUICK} test images",
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return parser
-
-
-def setup_cli(args: argparse.Namespace, module_logger: logging.Logger) -> None:
-    """Log genserve's INFO lines and set the torch thread count."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("genserve").setLevel(logging.INFO)
-    module_logger.setLevel(logging.INFO)  # named __main__ under python -m
-    torch.set_num_threads(args.threads)
-
-
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(PROG, __doc__.split("\n\n")[0], "ae-fashion").parse_args(argv)
-    setup_cli(args, logger)
-    try:
-        repository.version_dir(args.out, args.name, args.version)
-        model_config = AEConfig(latent_dim=args.latent_dim)
-        train_config = training.TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            max_steps=args.max_steps,
-        )
-    except ValueError as e:
-        sys.exit(f"{PROG}: error: {e}")
-    try:
-        folder = train_and_export(
-            out=args.out,
-            name=args.name,
-            version=args.version,
-            data=args.data,
-            seed=args.seed,
-            model_config=model_config,
-            train_config=train_config,
-            eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
-            command=f"{PROG} {shlex.join(argv)}",
-            checkpoint=args.checkpoint,
-            overwrite=args.overwrite,
-        )
-    except (DatasetMissing, FileExistsError) as e:
-        sys.exit(f"{PROG}: error: {e}")
-    print(folder)
+    parser = cli.build_parser(
+        PROG, __doc__.split("\n\n")[0], "ae-fashion", latent_dim=AEConfig.latent_dim
+    )
+    cli.run(
+        PROG,
+        sys.argv[1:] if argv is None else argv,
+        parser,
+        lambda args: (AEConfig(latent_dim=args.latent_dim), cli.train_config(args)),
+        train_and_export,
+    )
 
 
 if __name__ == "__main__":

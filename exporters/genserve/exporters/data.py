@@ -40,6 +40,8 @@ FASHION_CLASSES = (
     "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
+DATASETS = ("fashion", "mnist5k")
+"""The data sets by their command-line names, as load_dataset takes them."""
 
 Split = Literal["train", "test"]
 

@@ -39,11 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from genserve.exporters import onnx_export, repository, training
+from genserve.exporters import cli, onnx_export, repository, training
 from genserve.exporters.data import (
     FASHION_CLASSES,
     MNIST_CLASSES,
-    DatasetMissing,
     ImageDataset,
     load_dataset,
 )
@@ -523,40 +522,26 @@ def _equivalent_command(
     return f"{PROG} {shlex.join(args)}"
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
-    parser.add_argument("--name", default="gan-fashion", help="model name (folder under --out)")
-    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
-    parser.add_argument("--data", choices=sorted(DATASET_CARDS), default="fashion")
+def main(argv: list[str] | None = None) -> None:
+    parser = cli.build_parser(
+        PROG,
+        __doc__.split("\n\n")[0],
+        "gan-fashion",
+        latent_dim=GANConfig.latent_dim,
+        epochs=GANTrainConfig.epochs,
+        batch_size=GANTrainConfig.batch_size,
+        learning_rate=None,
+        max_steps_help="stop after this many generator steps",
+    )
     parser.add_argument("--conditional", action="store_true", help="condition on class labels")
     parser.add_argument("--loss", choices=LOSSES, default=GANTrainConfig.loss)
-    parser.add_argument("--epochs", type=int, default=GANTrainConfig.epochs)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=GANTrainConfig.batch_size)
     parser.add_argument(
         "--learning-rate", type=float, help="Adam learning rate (default: 2e-4 bce, 1e-4 wgan-gp)"
     )
     parser.add_argument("--n-critic", type=int, default=GANTrainConfig.n_critic)
-    parser.add_argument("--latent-dim", type=int, default=GANConfig.latent_dim)
-    parser.add_argument("--max-steps", type=int, help="stop after this many generator steps")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return parser.parse_args(argv)
 
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("genserve").setLevel(logging.INFO)
-    logger.setLevel(logging.INFO)  # named __main__ under python -m
-    torch.set_num_threads(args.threads)
-    try:
-        repository.version_dir(args.out, args.name, args.version)
+    def configs(args: argparse.Namespace) -> tuple[GANConfig, GANTrainConfig]:
         num_classes = len(DATASET_CLASSES[args.data]) if args.conditional else 0
-        model_config = GANConfig(latent_dim=args.latent_dim, num_classes=num_classes)
         train_config = GANTrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -565,24 +550,16 @@ def main(argv: list[str] | None = None) -> None:
             n_critic=args.n_critic,
             max_steps=args.max_steps,
         )
-    except ValueError as e:
-        sys.exit(f"{PROG}: error: {e}")
-    try:
-        folder = train_and_export(
-            out=args.out,
-            name=args.name,
-            version=args.version,
-            data=args.data,
-            seed=args.seed,
-            model_config=model_config,
-            train_config=train_config,
-            command=f"{PROG} {shlex.join(argv)}",
-            checkpoint=args.checkpoint,
-            overwrite=args.overwrite,
-        )
-    except (DatasetMissing, FileExistsError) as e:
-        sys.exit(f"{PROG}: error: {e}")
-    print(folder)
+        return GANConfig(latent_dim=args.latent_dim, num_classes=num_classes), train_config
+
+    cli.run(
+        PROG,
+        sys.argv[1:] if argv is None else argv,
+        parser,
+        configs,
+        train_and_export,
+        quick_eval=False,
+    )
 
 
 if __name__ == "__main__":

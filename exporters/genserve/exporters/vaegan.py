@@ -55,13 +55,12 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from tqdm import tqdm
 
-from genserve.exporters import onnx_export, repository, training, vae
-from genserve.exporters.data import DatasetMissing, load_dataset
+from genserve.exporters import cli, onnx_export, repository, training, vae
+from genserve.exporters.data import load_dataset
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.vaegan"
-EVAL_LIMIT_QUICK = vae.EVAL_LIMIT_QUICK
 ADAM_BETAS = (0.5, 0.999)
 LOSS_NAMES = ("encoder", "decoder", "discriminator")
 
@@ -422,70 +421,29 @@ def _equivalent_command(
     return f"{PROG} {shlex.join(args)}"
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
+def main(argv: list[str] | None = None) -> None:
     defaults = VAEGANConfig()
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
-    parser.add_argument("--name", default="vaegan-fashion", help="model name (folder under --out)")
-    parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
-    parser.add_argument("--data", choices=sorted(vae.DATASET_CARDS), default="fashion")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--latent-dim", type=int, default=defaults.latent_dim)
+    parser = cli.build_parser(
+        PROG,
+        __doc__.split("\n\n")[0],
+        "vaegan-fashion",
+        latent_dim=defaults.latent_dim,
+        epochs=4,
+        batch_size=64,
+        learning_rate=1e-3,
+    )
     parser.add_argument("--gamma", type=float, default=defaults.gamma, help="content vs style")
     parser.add_argument(
         "--pixel-weight", type=float, default=defaults.pixel_weight, help="pixel BCE in L_llike"
     )
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        help=f"stop after this many steps and evaluate on {EVAL_LIMIT_QUICK} test images",
-    )
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--checkpoint", type=Path, help="also save a PyTorch checkpoint here")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return parser.parse_args(argv)
 
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    args = _parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("genserve").setLevel(logging.INFO)
-    logger.setLevel(logging.INFO)  # named __main__ under python -m
-    torch.set_num_threads(args.threads)
-    try:
-        repository.version_dir(args.out, args.name, args.version)
+    def configs(args: argparse.Namespace) -> tuple[VAEGANConfig, training.TrainConfig]:
         model_config = VAEGANConfig(
             latent_dim=args.latent_dim, gamma=args.gamma, pixel_weight=args.pixel_weight
         )
-        train_config = training.TrainConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            learning_rate=args.learning_rate,
-            max_steps=args.max_steps,
-        )
-    except ValueError as e:
-        sys.exit(f"{PROG}: error: {e}")
-    try:
-        folder = train_and_export(
-            out=args.out,
-            name=args.name,
-            version=args.version,
-            data=args.data,
-            seed=args.seed,
-            model_config=model_config,
-            train_config=train_config,
-            eval_limit=EVAL_LIMIT_QUICK if args.max_steps is not None else None,
-            command=f"{PROG} {shlex.join(argv)}",
-            checkpoint=args.checkpoint,
-            overwrite=args.overwrite,
-        )
-    except (DatasetMissing, FileExistsError) as e:
-        sys.exit(f"{PROG}: error: {e}")
-    print(folder)
+        return model_config, cli.train_config(args)
+
+    cli.run(PROG, sys.argv[1:] if argv is None else argv, parser, configs, train_and_export)
 
 
 if __name__ == "__main__":
