@@ -126,23 +126,42 @@ def measure(
     concurrencies: Sequence[int],
     duration_s: float,
     warmup_s: float,
+    rounds: int,
 ) -> list[dict[str, Any]]:
-    """Run every cell in order; returns one loadgen report per cell, labelled."""
-    cells = []
-    for deployment in deployments:
+    """Run every cell `rounds` times; returns one loadgen report per cell, labelled.
+
+    The deployments take turns cell by cell, and each round rotates who goes
+    first, so a drift of the shared machine's speed falls on every batching
+    mode alike. A cell reports its median round (by requests/s) and lists the
+    requests/s of every round.
+    """
+    reports: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+    for round_ in range(rounds):
+        turn = round_ % len(deployments)
+        order = [*deployments[turn:], *deployments[:turn]]
         for path in PATHS:
             for concurrency in concurrencies:
-                label = f"{path:7} batching {deployment.batching:5} concurrency {concurrency:3}"
-                print(f"  {label} ...", end="", flush=True)
-                report = run_load(
-                    deployment.target(path),
-                    model,
-                    concurrency=concurrency,
-                    duration_s=duration_s,
-                    warmup_s=warmup_s,
-                )
-                print(f" {report['requests_per_s']:8.1f} req/s", flush=True)
-                cells.append({"path": path, "batching": deployment.batching, **report})
+                for deployment in order:
+                    label = (
+                        f"round {round_ + 1}/{rounds} {path:7} "
+                        f"concurrency {concurrency:3} batching {deployment.batching:5}"
+                    )
+                    print(f"  {label} ...", end="", flush=True)
+                    report = run_load(
+                        deployment.target(path),
+                        model,
+                        concurrency=concurrency,
+                        duration_s=duration_s,
+                        warmup_s=warmup_s,
+                    )
+                    print(f" {report['requests_per_s']:8.1f} req/s", flush=True)
+                    key = (path, concurrency, deployment.batching)
+                    reports.setdefault(key, []).append(report)
+    cells = []
+    for (path, _, batching), runs in reports.items():
+        median = sorted(runs, key=lambda r: r["requests_per_s"])[len(runs) // 2]
+        every = [r["requests_per_s"] for r in runs]
+        cells.append({"path": path, "batching": batching, **median, "rounds_requests_per_s": every})
     return cells
 
 
@@ -231,14 +250,16 @@ def _ms(value: float | None) -> str:
 def render_table(cells: Sequence[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| path | batching | concurrency | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| path | concurrency | batching | req/s | rounds' req/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---|---:|---|---:|---:|---:|",
     ]
     for cell in cells:
         latency = cell["latency_ms"]
+        rounds = ", ".join(f"{r:.0f}" for r in cell.get("rounds_requests_per_s", ()))
         lines.append(
-            f"| {cell['path']} | {cell['batching']} | {cell['concurrency']} "
-            f"| {cell['requests_per_s']:.1f} | {_ms(latency['p50'])} | {_ms(latency['p99'])} "
+            f"| {cell['path']} | {cell['concurrency']} | {cell['batching']} "
+            f"| {cell['requests_per_s']:.1f} | {rounds} "
+            f"| {_ms(latency['p50'])} | {_ms(latency['p99'])} "
             f"| {_errors_cell(cell['errors'])} |"
         )
     return "\n".join(lines)
@@ -262,7 +283,10 @@ Request batching on (adaptive delay), fixed delay and off, direct and through th
   family service started with `--max-batch-size 1`.
 - Path **direct**: client to family service; **gateway**: client to gateway to
   family service.
-- Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s measured.
+- Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s measured, in
+  {settings["rounds"]} rounds. The three services take turns cell by cell and each round
+  rotates who goes first, so the shared machine's drift falls on every mode alike.
+  A cell shows its median round (req/s, latency) and every round's req/s.
   Latency percentiles are over successful calls; errors are counted by status code.
 - The load generator (`bench/loadgen.py`: asyncio, one grpc.aio channel) runs on
   the same machine and shares its cores with the services.
@@ -313,8 +337,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser.add_argument("--models", default="models", help="model repository")
     parser.add_argument("--model", default="vae-fashion")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
-    parser.add_argument("--duration-s", type=float, default=10.0, help="measured time per cell")
-    parser.add_argument("--warmup-s", type=float, default=2.0, help="warmup per cell")
+    parser.add_argument("--duration-s", type=float, default=5.0, help="measured time per cell")
+    parser.add_argument("--warmup-s", type=float, default=1.0, help="warmup per cell")
+    parser.add_argument("--rounds", type=int, default=3, help="times every cell is measured")
     parser.add_argument("--startup-timeout-s", type=float, default=120.0)
     parser.add_argument("--log-dir", help="keep the processes' logs here (default: temporary)")
     return parser.parse_args(argv), parser.parse_args([])
@@ -324,14 +349,22 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
     """Start the deployments, measure every cell, stop everything; returns the results."""
     models = Path(args.models)
     with Supervisor(log_dir=log_dir) as sup:
-        print(f"starting 2 family services and 2 gateways (logs in {log_dir})", flush=True)
+        n = len(BATCHING_FLAGS)
+        print(f"starting {n} family services and {n} gateways (logs in {log_dir})", flush=True)
         deployments = start_deployments(sup, models, args.startup_timeout_s)
         policy = {}
         for deployment in deployments:
             for path in PATHS:
                 config = wait_for_model(deployment.target(path), args.model, 30.0)
                 policy = policy or config.get("batching", {})
-        cells = measure(deployments, args.model, args.concurrency, args.duration_s, args.warmup_s)
+        cells = measure(
+            deployments,
+            args.model,
+            args.concurrency,
+            args.duration_s,
+            args.warmup_s,
+            args.rounds,
+        )
         machine = machine_info(deployments)
     settings = {
         "model": args.model,
@@ -340,6 +373,7 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
         "warmup_s": args.warmup_s,
+        "rounds": args.rounds,
         "batching_policy": policy,
         "json_out": relative(Path(args.json_out)),
     }
@@ -359,6 +393,9 @@ def write_outputs(results: dict[str, Any], out: Path, json_out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write its report."""
     args, defaults = parse_args(argv)
+    if args.rounds < 1 or args.duration_s <= 0:
+        print("--rounds must be at least 1 and --duration-s above 0", file=sys.stderr)
+        return 2
     if not any(Path(args.models, args.model).glob("*/config.json")):
         print(f"no {args.model} model under {args.models}/: export it first", file=sys.stderr)
         return 2
