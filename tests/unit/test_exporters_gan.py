@@ -11,12 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from genserve.exporters import data, gan, onnx_export, training  # noqa: E402
+from genserve.exporters import data, gan, gan_model, onnx_export, training  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
-TINY = gan.GANConfig(latent_dim=8, generator_channels=(8, 4), discriminator_channels=(4, 8))
-TINY_CONDITIONAL = gan.GANConfig(
+TINY = gan_model.GANConfig(latent_dim=8, generator_channels=(8, 4), discriminator_channels=(4, 8))
+TINY_CONDITIONAL = gan_model.GANConfig(
     latent_dim=8,
     num_classes=10,
     label_dim=4,
@@ -39,7 +39,7 @@ def _random_dataset(n: int = 64) -> data.ImageDataset:
     return data.ImageDataset(images, rng.integers(0, 10, n), data.FASHION_CLASSES)
 
 
-def _warm_batchnorm(generator: gan.Generator, config: gan.GANConfig) -> None:
+def _warm_batchnorm(generator: gan_model.Generator, config: gan_model.GANConfig) -> None:
     """Move the BatchNorm running statistics away from their initial values."""
     generator.train()
     label = torch.arange(16) % 10 if config.conditional else None
@@ -51,7 +51,7 @@ def _warm_batchnorm(generator: gan.Generator, config: gan.GANConfig) -> None:
 @pytest.mark.parametrize("config", [TINY, TINY_CONDITIONAL], ids=["unconditional", "conditional"])
 def test_untrained_generator_exports_with_the_contract_names_and_passes_parity(tmp_path, config):
     training.seed_everything(0)
-    generator = gan.GAN(config).generator
+    generator = gan_model.GAN(config).generator
     _warm_batchnorm(generator, config)
     graphs, parity = gan.export_generator(generator, config, tmp_path)
 
@@ -85,10 +85,10 @@ def test_untrained_generator_exports_with_the_contract_names_and_passes_parity(t
 @pytest.mark.parametrize("config", [TINY, TINY_CONDITIONAL], ids=["unconditional", "conditional"])
 def test_gradient_penalty_is_finite_positive_and_differentiable(config):
     training.seed_everything(0)
-    critic = gan.Discriminator(config)
+    critic = gan_model.Discriminator(config)
     real, fake = torch.rand(6, 1, 28, 28), torch.rand(6, 1, 28, 28)
     label = torch.arange(6) if config.conditional else None
-    penalty = gan.gradient_penalty(critic, real, fake, label)
+    penalty = gan_model.gradient_penalty(critic, real, fake, label)
     assert math.isfinite(penalty.item()) and penalty.item() > 0
     penalty.backward()
     assert all(p.grad is not None for p in critic.features.parameters())
@@ -96,9 +96,9 @@ def test_gradient_penalty_is_finite_positive_and_differentiable(config):
 
 def test_one_wgan_gp_step_takes_n_critic_critic_steps_and_moves_both_networks():
     training.seed_everything(0)
-    model = gan.GAN(TINY_CONDITIONAL)
+    model = gan_model.GAN(TINY_CONDITIONAL)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    config = gan.GANTrainConfig(batch_size=8, loss="wgan-gp", max_steps=1)
+    config = gan_model.GANTrainConfig(batch_size=8, loss="wgan-gp", max_steps=1)
     result = gan.train_gan(model, _random_dataset(), config, seed=0)
 
     assert config.learning_rate == 1e-4 and config.betas == (0.0, 0.9)
@@ -115,9 +115,9 @@ def test_one_wgan_gp_step_takes_n_critic_critic_steps_and_moves_both_networks():
 def test_bce_run_is_reproducible_with_a_seed():
     def run() -> dict[str, torch.Tensor]:
         training.seed_everything(0)
-        model = gan.GAN(TINY)
+        model = gan_model.GAN(TINY)
         gan.train_gan(
-            model, _random_dataset(), gan.GANTrainConfig(batch_size=8, max_steps=3), seed=0
+            model, _random_dataset(), gan_model.GANTrainConfig(batch_size=8, max_steps=3), seed=0
         )
         return model.generator.state_dict()
 
@@ -127,11 +127,11 @@ def test_bce_run_is_reproducible_with_a_seed():
 
 def test_bad_training_settings_are_refused_with_the_value():
     with pytest.raises(ValueError, match="'hinge'"):
-        gan.GANTrainConfig(loss="hinge")
+        gan_model.GANTrainConfig(loss="hinge")
     with pytest.raises(ValueError, match="n_critic"):
-        gan.GANTrainConfig(loss="wgan-gp", n_critic=0)
+        gan_model.GANTrainConfig(loss="wgan-gp", n_critic=0)
     with pytest.raises(ValueError, match="num_classes"):
-        gan.GANConfig(num_classes=1)
+        gan_model.GANConfig(num_classes=1)
 
 
 def test_train_and_export_writes_a_checked_conditional_version_folder(tmp_path):
@@ -141,7 +141,7 @@ def test_train_and_export_writes_a_checked_conditional_version_folder(tmp_path):
         version=2,
         data="mnist5k",
         model_config=TINY_CONDITIONAL,
-        train_config=gan.GANTrainConfig(batch_size=16, max_steps=2),
+        train_config=gan_model.GANTrainConfig(batch_size=16, max_steps=2),
         checkpoint=tmp_path / "cgan.pt",
     )
 

@@ -10,11 +10,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from genserve.exporters import onnx_export, training, vae, vaegan  # noqa: E402
+from genserve.exporters import onnx_export, training, vae, vaegan, vaegan_model  # noqa: E402
 
 pytestmark = pytest.mark.unit
 
-TINY = vaegan.VAEGANConfig(latent_dim=16, channels=(4, 8), hidden_dim=16, disc_channels=(4, 8, 8))
+TINY = vaegan_model.VAEGANConfig(
+    latent_dim=16, channels=(4, 8), hidden_dim=16, disc_channels=(4, 8, 8)
+)
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +29,7 @@ def _one_thread():
 
 def test_untrained_graphs_have_the_vae_contract_and_match_pytorch(tmp_path):
     training.seed_everything(0)
-    model = vaegan.VAEGAN(TINY).eval()
+    model = vaegan_model.VAEGAN(TINY).eval()
     graphs, parity = vae.export_graphs(model.vae, tmp_path)
 
     assert parity["batch_sizes"] == [1, 7, 64]
@@ -54,7 +56,7 @@ def test_untrained_graphs_have_the_vae_contract_and_match_pytorch(tmp_path):
 
 def test_one_training_step_gives_finite_losses_and_moves_all_three_networks():
     generator = training.seed_everything(0)
-    model = vaegan.VAEGAN(TINY)
+    model = vaegan_model.VAEGAN(TINY)
     before = {k: [p.detach().clone() for p in v] for k, v in model.parameter_groups().items()}
     data = torch.rand(32, 1, 28, 28, generator=generator)
     config = training.TrainConfig(epochs=1, batch_size=32, max_steps=1)
@@ -104,7 +106,7 @@ def test_train_and_export_writes_a_vaegan_version_folder(tmp_path):
 
 def test_checkpoint_rebuilds_the_same_model(tmp_path):
     training.seed_everything(0)
-    model = vaegan.VAEGAN(TINY).eval()
+    model = vaegan_model.VAEGAN(TINY).eval()
     vaegan.save_checkpoint(model, tmp_path / "vaegan.pt")
     restored = vaegan.load_checkpoint(tmp_path / "vaegan.pt")
     assert restored.config == TINY
@@ -123,4 +125,4 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path):
 )
 def test_bad_config_values_are_quoted(fields, message):
     with pytest.raises(ValueError, match=message):
-        vaegan.VAEGANConfig(**fields)
+        vaegan_model.VAEGANConfig(**fields)
