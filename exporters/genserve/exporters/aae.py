@@ -322,7 +322,7 @@ def train_and_export(
         "images in [0, 1].",
         data=data,
         command=command
-        or ae.equivalent_command(PROG, out, name, version, data, seed, train_config, extra),
+        or cli.equivalent_command(PROG, out, name, version, data, seed, train_config, extra),
         seed=seed,
         result=result,
         metrics=metrics,

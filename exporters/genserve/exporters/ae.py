@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,31 +276,13 @@ def train_and_export(
         "to codes and the decoder maps codes back to images in [0, 1]. The latent space has "
         "no prior: use it to encode, decode and reconstruct, not to sample.",
         data=data,
-        command=command or equivalent_command(PROG, out, name, version, data, seed, train_config),
+        command=command
+        or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
         seed=seed,
         result=result,
         metrics=metrics,
     )
     return write_version(model, info, out=out, name=name, version=version, overwrite=overwrite)
-
-
-def equivalent_command(
-    prog: str,
-    out: Path,
-    name: str,
-    version: int,
-    data: str,
-    seed: int,
-    config: training.TrainConfig,
-    extra: list[str] | None = None,
-) -> str:
-    """The CLI command that repeats a library call, for the model card."""
-    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
-    args += [str(config.epochs), "--seed", str(seed), "--data", data]
-    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
-    if config.max_steps is not None:
-        args += ["--max-steps", str(config.max_steps)]
-    return f"{prog} {shlex.join(args + (extra or []))}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,6 +76,25 @@ def train_config(args: argparse.Namespace, **extra: Any) -> training.TrainConfig
     )
 
 
+def equivalent_command(
+    prog: str,
+    out: Path,
+    name: str,
+    version: int,
+    data: str,
+    seed: int,
+    config: training.TrainConfig,
+    extra: list[str] | None = None,
+) -> str:
+    """The CLI command that repeats a library call, for the model card."""
+    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
+    args += [str(config.epochs), "--seed", str(seed), "--data", data]
+    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
+    if config.max_steps is not None:
+        args += ["--max-steps", str(config.max_steps)]
+    return f"{prog} {shlex.join(args + (extra or []))}"
+
+
 def run(
     prog: str,
     argv: list[str],

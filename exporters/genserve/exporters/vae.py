@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,7 +267,8 @@ def train_and_export(
             f"trained on {DATASET_CARDS[data].split(',')[0]}; the decoder maps N(0, I) "
             "latents to 28x28 grey images in [0, 1].",
             "dataset": DATASET_CARDS[data],
-            "command": command or _equivalent_command(out, name, version, data, seed, train_config),
+            "command": command
+            or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
             "seed": seed,
             "epochs": result.epochs,
             "steps": result.steps,
@@ -297,17 +297,6 @@ def _model_config(name: str, config: VAEConfig, graphs: dict, card: dict) -> dic
         "labels": [],
         "card": card,
     }
-
-
-def _equivalent_command(
-    out: Path, name: str, version: int, data: str, seed: int, config: training.TrainConfig
-) -> str:
-    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
-    args += [str(config.epochs), "--seed", str(seed), "--data", data]
-    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
-    if config.max_steps is not None:
-        args += ["--max-steps", str(config.max_steps)]
-    return f"{PROG} {shlex.join(args)}"
 
 
 def main(argv: list[str] | None = None) -> None:

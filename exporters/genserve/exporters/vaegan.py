@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import logging
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -236,7 +235,8 @@ def train_and_export(
             "(Larsen et al., 2016); the decoder maps N(0, I) latents to 28x28 grey images "
             "in [0, 1].",
             "dataset": vae.DATASET_CARDS[data],
-            "command": command or _equivalent_command(out, name, version, data, seed, train_config),
+            "command": command
+            or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
             "seed": seed,
             "epochs": result.epochs,
             "steps": result.steps,
@@ -271,17 +271,6 @@ def _model_config(name: str, config: VAEGANConfig, graphs: dict, card: dict) -> 
         "labels": [],
         "card": card,
     }
-
-
-def _equivalent_command(
-    out: Path, name: str, version: int, data: str, seed: int, config: training.TrainConfig
-) -> str:
-    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
-    args += [str(config.epochs), "--seed", str(seed), "--data", data]
-    args += ["--batch-size", str(config.batch_size), "--learning-rate", str(config.learning_rate)]
-    if config.max_steps is not None:
-        args += ["--max-steps", str(config.max_steps)]
-    return f"{PROG} {shlex.join(args)}"
 
 
 def main(argv: list[str] | None = None) -> None:
