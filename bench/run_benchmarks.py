@@ -43,6 +43,7 @@ from genserve.runtime.supervisor import (
 from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chart import plot
 from loadgen import run_load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -228,7 +229,9 @@ def command_line(args: argparse.Namespace, defaults: argparse.Namespace) -> str:
     """The command that reproduces this run (options left at defaults omitted)."""
     parts = ["python", "bench/run_benchmarks.py", "--out", relative(Path(args.out))]
     for name, value in vars(args).items():
-        if name in ("out", "json_out", "log_dir") or value == getattr(defaults, name):
+        if name in ("out", "json_out", "log_dir", "chart", "from_json"):
+            continue
+        if value == getattr(defaults, name):
             continue
         flag = "--" + name.replace("_", "-")
         parts += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
@@ -265,11 +268,12 @@ def render_table(cells: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_report(results: dict[str, Any], reading: str) -> str:
+def render_report(results: dict[str, Any], reading: str, chart: str | None = None) -> str:
     """The whole Markdown report."""
     machine, settings = results["machine"], results["settings"]
     gpu = f"- GPU: {machine['gpu']}\n" if machine["gpu"] else ""
     policy = ", ".join(f"{k} {v}" for k, v in settings["batching_policy"].items()) or "?"
+    picture = f"![requests/s and p99 latency against concurrency]({chart})\n\n" if chart else ""
     return f"""# Benchmarks
 
 Request batching on (adaptive delay), fixed delay and off, direct and through the gateway.
@@ -291,7 +295,7 @@ Request batching on (adaptive delay), fixed delay and off, direct and through th
 - The load generator (`bench/loadgen.py`: asyncio, one grpc.aio channel) runs on
   the same machine and shares its cores with the services.
 
-{render_table(results["cells"])}
+{picture}{render_table(results["cells"])}
 
 ## Machine
 
@@ -342,6 +346,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser.add_argument("--rounds", type=int, default=3, help="times every cell is measured")
     parser.add_argument("--startup-timeout-s", type=float, default=120.0)
     parser.add_argument("--log-dir", help="keep the processes' logs here (default: temporary)")
+    parser.add_argument(
+        "--chart", default="docs/images/benchmarks.png", help="PNG chart; '' writes none"
+    )
+    parser.add_argument(
+        "--from-json", help="measure nothing: rewrite the report and chart from this raw JSON"
+    )
     return parser.parse_args(argv), parser.parse_args([])
 
 
@@ -381,18 +391,29 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
     return {"command": command, "machine": machine, "settings": settings, "cells": cells}
 
 
-def write_outputs(results: dict[str, Any], out: Path, json_out: Path) -> None:
-    """Write the raw JSON and the Markdown report (keeping its reading section)."""
+def write_outputs(results: dict[str, Any], out: Path, json_out: Path, chart: Path | None) -> None:
+    """Write the raw JSON, the chart and the Markdown report (keeping its reading section)."""
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    link = None
+    if chart is not None:
+        title = f"Generate(n=1) on {results['settings']['model']}, {results['machine']['cpu']}"
+        plot(results["cells"], chart, title)
+        link = os.path.relpath(chart, out.parent)
     reading = existing_reading(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(results, reading), encoding="utf-8")
+    out.write_text(render_report(results, reading, link), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write its report."""
     args, defaults = parse_args(argv)
+    chart = Path(args.chart) if args.chart else None
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        write_outputs(results, Path(args.out), Path(args.json_out), chart)
+        print(f"rewrote {relative(Path(args.out))} from {args.from_json}")
+        return 0
     if args.rounds < 1 or args.duration_s <= 0:
         print("--rounds must be at least 1 and --duration-s above 0", file=sys.stderr)
         return 2
@@ -406,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ProcessError, BenchError) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
-    write_outputs(results, Path(args.out), Path(args.json_out))
+    write_outputs(results, Path(args.out), Path(args.json_out), chart)
     written = f"{relative(Path(args.out))} and {relative(Path(args.json_out))}"
     print(f"wrote {written} in {time.monotonic() - started:.0f} s")
     return 0
