@@ -11,7 +11,7 @@ PROTOS := $(wildcard protos/genserve/v1/*.proto)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 BUF := node_modules/.bin/buf
 
-.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint data venv dev eval
+.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint buf-breaking buf-baseline data venv dev eval
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ $(BUF):
 
 buf-lint: $(BUF) ## Lint the API with buf.
 	cd protos && ../$(BUF) lint
+
+buf-breaking: $(BUF) ## Fail if the API breaks compatibility with the released baseline.
+	cd protos && ../$(BUF) breaking --against api-baseline.binpb
+
+buf-baseline: $(BUF) ## Record the current API as the released baseline (on a release only).
+	cd protos && ../$(BUF) build --exclude-source-info -o api-baseline.binpb
 
 lint: $(VENV)/.dev ## Ruff lint and format check.
 	$(VENV)/bin/ruff check .
