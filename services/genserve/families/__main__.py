@@ -14,7 +14,12 @@ from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
-from genserve.runtime.server import ServerConfig, serve, setup_logging
+from genserve.runtime.server import (
+    ServerConfig,
+    add_logging_flags,
+    serve,
+    setup_logging_from,
+)
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
 
@@ -61,9 +66,9 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         help="always wait out max_queue_delay_ms (no adaptive delay)",
     )
     parser.add_argument("--poll-s", type=float, default=5.0, help="new-version poll; 0 never")
-    parser.add_argument("--log-level", default="INFO")
+    add_logging_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging_from(parser, args)
     overrides = {
         k: v
         for k, v in {

@@ -8,7 +8,12 @@ import logging
 
 from genserve.gateway.backends import BackendPool
 from genserve.gateway.servicer import GatewayServicer
-from genserve.runtime.server import ServerConfig, serve, setup_logging
+from genserve.runtime.server import (
+    ServerConfig,
+    add_logging_flags,
+    serve,
+    setup_logging_from,
+)
 
 logger = logging.getLogger("genserve.gateway")
 
@@ -27,9 +32,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, list[str], 
     parser.add_argument("--grace-s", type=float, default=10.0)
     parser.add_argument("--refresh-s", type=float, default=2.0, help="backend model-list refresh")
     parser.add_argument("--attempts", type=int, default=3, help="tries of a retry-safe call")
-    parser.add_argument("--log-level", default="INFO")
+    add_logging_flags(parser)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging_from(parser, args)
     try:
         server = ServerConfig(args.host, args.port, args.metrics_port, args.grace_s)
     except ValueError as exc:
