@@ -45,12 +45,12 @@ from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chart import plot
 from loadgen import run_load
+from raw_ort import measure_raw
+from report import existing_reading, render_report
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHING_FLAGS = {"on": [], "fixed": ["--fixed-delay"], "off": ["--max-batch-size", "1"]}
 PATHS = ("direct", "gateway")
-READING_HEADING = "## Reading the numbers"
-READING_PLACEHOLDER = "_To be written: what the table shows and why._\n"
 _PROVIDER_LINE = re.compile(r"onnxruntime (\S+) using (\w+ExecutionProvider)")
 
 
@@ -238,101 +238,6 @@ def command_line(args: argparse.Namespace, defaults: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _errors_cell(errors: dict[str, int]) -> str:
-    """ "0", or the total with the codes, e.g. "12 (RESOURCE_EXHAUSTED 12)"."""
-    if not errors:
-        return "0"
-    codes = ", ".join(f"{code} {count}" for code, count in errors.items())
-    return f"{sum(errors.values())} ({codes})"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def render_table(cells: Sequence[dict[str, Any]]) -> str:
-    """The results as a Markdown table."""
-    lines = [
-        "| path | concurrency | batching | req/s | rounds' req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---|---:|---|---:|---:|---:|",
-    ]
-    for cell in cells:
-        latency = cell["latency_ms"]
-        rounds = ", ".join(f"{r:.0f}" for r in cell.get("rounds_requests_per_s", ()))
-        lines.append(
-            f"| {cell['path']} | {cell['concurrency']} | {cell['batching']} "
-            f"| {cell['requests_per_s']:.1f} | {rounds} "
-            f"| {_ms(latency['p50'])} | {_ms(latency['p99'])} "
-            f"| {_errors_cell(cell['errors'])} |"
-        )
-    return "\n".join(lines)
-
-
-def render_report(results: dict[str, Any], reading: str, chart: str | None = None) -> str:
-    """The whole Markdown report."""
-    machine, settings = results["machine"], results["settings"]
-    gpu = f"- GPU: {machine['gpu']}\n" if machine["gpu"] else ""
-    policy = ", ".join(f"{k} {v}" for k, v in settings["batching_policy"].items()) or "?"
-    picture = f"![requests/s and p99 latency against concurrency]({chart})\n\n" if chart else ""
-    return f"""# Benchmarks
-
-Request batching on (adaptive delay), fixed delay and off, direct and through the gateway.
-
-- Call: Generate with 1 sample on `{settings["model"]}`, closed loop: each of
-  *concurrency* clients sends its next request as soon as the previous one returns.
-- Batching **on**: the model's own policy (`{policy}`), whose adaptive delay
-  stops waiting once a batch holds as many requests as recent batches did;
-  **fixed**: the same policy but every batch waits out the queue delay unless it
-  fills (`--fixed-delay`, how Triton's dynamic batcher behaves); **off**: the
-  family service started with `--max-batch-size 1`.
-- Path **direct**: client to family service; **gateway**: client to gateway to
-  family service.
-- Each cell: {settings["warmup_s"]:g} s warmup, then {settings["duration_s"]:g} s measured, in
-  {settings["rounds"]} rounds. The three services take turns cell by cell and each round
-  rotates who goes first, so the shared machine's drift falls on every mode alike.
-  A cell shows its median round (req/s, latency) and every round's req/s.
-  Latency percentiles are over successful calls; errors are counted by status code.
-- The load generator (`bench/loadgen.py`: asyncio, one grpc.aio channel) runs on
-  the same machine and shares its cores with the services.
-
-{picture}{render_table(results["cells"])}
-
-## Machine
-
-- CPU: {machine["cpu"]} ({machine["cores"]} cores)
-{gpu}- {machine["onnxruntime"]}
-- Python {machine["python"]}, {machine["os"]}
-- Measured {machine["date"]}
-
-## Command
-
-```
-make bench
-# which runs:
-{results["command"]}
-```
-
-Raw results: `{settings["json_out"]}`.
-
-{READING_HEADING}
-
-{reading}"""
-
-
-def existing_reading(out: Path) -> str:
-    """The body of the "Reading the numbers" section of a previous report, if any."""
-    if not out.exists():
-        return READING_PLACEHOLDER
-    text = out.read_text(encoding="utf-8")
-    start = text.find(READING_HEADING)
-    if start < 0:
-        return READING_PLACEHOLDER
-    body = text[start + len(READING_HEADING) :]
-    following = re.search(r"^## ", body, flags=re.MULTILINE)
-    body = body[: following.start()] if following else body
-    return body.strip() + "\n" if body.strip() else READING_PLACEHOLDER
-
-
 def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, argparse.Namespace]:
     """Command-line options, and the defaults (to print a short reproducing command)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -343,7 +248,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--duration-s", type=float, default=5.0, help="measured time per cell")
     parser.add_argument("--warmup-s", type=float, default=1.0, help="warmup per cell")
-    parser.add_argument("--rounds", type=int, default=3, help="times every cell is measured")
+    parser.add_argument("--rounds", type=int, default=5, help="times every cell is measured")
     parser.add_argument("--startup-timeout-s", type=float, default=120.0)
     parser.add_argument("--log-dir", help="keep the processes' logs here (default: temporary)")
     parser.add_argument(
@@ -376,6 +281,8 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
             args.rounds,
         )
         machine = machine_info(deployments)
+    print("  raw onnxruntime, same decoder, in this process ...", flush=True)
+    raw = measure_raw(models, args.model, args.duration_s)
     settings = {
         "model": args.model,
         "call": "generate",
@@ -388,7 +295,13 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
         "json_out": relative(Path(args.json_out)),
     }
     command = command_line(args, defaults)
-    return {"command": command, "machine": machine, "settings": settings, "cells": cells}
+    return {
+        "command": command,
+        "machine": machine,
+        "settings": settings,
+        "cells": cells,
+        "raw_onnxruntime": raw,
+    }
 
 
 def write_outputs(results: dict[str, Any], out: Path, json_out: Path, chart: Path | None) -> None:

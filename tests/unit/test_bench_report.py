@@ -47,6 +47,12 @@ def raw(tmp_path) -> Path:
             "batching_policy": {"max_batch_size": 64}, "json_out": "latest.json",
         },
         "cells": cells,
+        "raw_onnxruntime": [
+            {"batch": 1, "runs_per_s": 7853.0, "rows_per_s": 7853.0,
+             "latency_ms": {"p50": 0.108, "p99": 0.216}},
+            {"batch": 64, "runs_per_s": 136.3, "rows_per_s": 8722.5,
+             "latency_ms": {"p50": 7.842, "p99": 9.138}},
+        ],
     }  # fmt: skip
     path = tmp_path / "latest.json"
     path.write_text(json.dumps(results))
@@ -64,6 +70,7 @@ def test_from_json_rewrites_table_and_chart_and_keeps_the_reading(raw, tmp_path)
     assert "![requests/s and p99 latency against concurrency](images/b.png)" in report
     assert "| gateway | 64 | off |" in report and "3 (RESOURCE_EXHAUSTED 3)" in report
     assert "| direct | 8 | fixed |" in report and "in\n  3 rounds" in report
+    assert "| 64 | 136 | 8722 | 7.84 | 9.14 |" in report  # the raw ONNX Runtime ceiling
     assert report.rstrip().endswith("Our reading.")
     with Image.open(chart) as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 300
