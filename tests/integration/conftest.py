@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -54,6 +55,16 @@ def start(sup: Supervisor, module: str, *args: str) -> Started:
 def start_family(sup: Supervisor, models: Path, *args: str) -> Started:
     """A vae family service over `models`, with extra command-line `args`."""
     return start(sup, "genserve.families", "--family", "vae", "--models", str(models), *args)
+
+
+def wait_for(predicate, timeout_s: float = 15.0) -> bool:
+    """Poll `predicate` every 0.1 s until it holds (True) or `timeout_s` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genserve.client import Client, DeadlineExceededError, UnavailableError
 from genserve.runtime.supervisor import Supervisor
 
-from .conftest import TINY, scrape, start, start_family, total
+from .conftest import TINY, scrape, start, start_family, total, wait_for
 
 
 def test_seeded_calls_survive_a_backend_dying(tiny_repo, tmp_path):
@@ -39,6 +41,7 @@ def test_with_every_backend_gone_calls_are_unavailable_not_internal(tiny_repo, t
         _, gateway, _ = start(sup, "genserve.gateway", "--backend", target, "--refresh-s", "0.3")
         with Client(gateway, timeout_s=10, retries=0) as client:
             assert client.generate(TINY, 1, seed=1).images.shape == (1, 1, 28, 28)
+            assert model_health(gateway, TINY) == health_pb2.HealthCheckResponse.SERVING
             family.popen.kill()
             family.popen.wait(5)
             with pytest.raises(UnavailableError):
@@ -46,6 +49,17 @@ def test_with_every_backend_gone_calls_are_unavailable_not_internal(tiny_repo, t
             time.sleep(1.0)
             with pytest.raises(UnavailableError, match="unhealthy"):
                 client.generate(TINY, 1, seed=1)
+        assert wait_for(lambda: model_health(gateway, TINY) == NOT_SERVING, timeout_s=5)
+
+
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def model_health(target: str, model: str) -> int:
+    """The gateway's health status for one model."""
+    with grpc.insecure_channel(target) as channel:
+        request = health_pb2.HealthCheckRequest(service=model)
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
 
 
 def test_the_callers_deadline_reaches_the_backend_queue(tiny_repo, tmp_path):

@@ -14,16 +14,7 @@ from genserve.client import Client, GenserveError
 from genserve.runtime.repository import sha256_of
 from genserve.runtime.supervisor import Supervisor
 
-from .conftest import TINY, start_family
-
-
-def wait_for(predicate, timeout_s: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from .conftest import TINY, start_family, wait_for
 
 
 def test_sigterm_finishes_in_flight_calls_then_exits_cleanly(tiny_repo, tmp_path):

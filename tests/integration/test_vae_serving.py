@@ -174,6 +174,18 @@ def test_health_and_reflection_on_every_process(deployment, where):
     assert "genserve.v1.ModelService" in names and "grpc.health.v1.Health" in names
 
 
+@pytest.mark.parametrize("where", ["service", "gateway"])
+def test_every_model_has_its_own_health_status(deployment, where):
+    with grpc.insecure_channel(getattr(deployment, where)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for model in (TINY, "vae-fashion"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=model), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, model
+        with pytest.raises(grpc.RpcError) as unknown:
+            stub.Check(health_pb2.HealthCheckRequest(service="no-such-model"), timeout=5)
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_metrics_move_when_traffic_flows(deployment, client):
     before_service = scrape(deployment.service_metrics)
     before_gateway = scrape(deployment.gateway_metrics)

@@ -121,6 +121,7 @@ async def run(config: FamilyConfig) -> None:
         known_models=lambda: set(registry.names()),
         ready=ready,
         cleanup=cleanup,
+        model_health=lambda: dict.fromkeys(registry.names(), True),
     )
 
 

@@ -56,6 +56,7 @@ async def run(server: ServerConfig, targets: list[str], refresh_s: float, attemp
         known_models=pool.model_names,
         ready=ready,
         cleanup=pool.close,
+        model_health=pool.model_health,
     )
 
 

@@ -106,6 +106,14 @@ class BackendPool:
         for backend in self.backends:
             await backend.channel.close()
 
+    def model_health(self) -> dict[str, bool]:
+        """Every model any backend has reported: True while a healthy backend serves it."""
+        health: dict[str, bool] = {}
+        for backend in self.backends:
+            for name in backend.models:
+                health[name] = health.get(name, False) or backend.healthy
+        return health
+
     def model_names(self) -> set[str]:
         return {name for b in self.backends if b.healthy for name in b.models}
 

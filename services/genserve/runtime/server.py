@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -31,6 +31,12 @@ from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 logger = logging.getLogger(__name__)
 
 MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+MODEL_HEALTH_POLL_S = 0.5
+"""How often per-model health statuses are brought up to date."""
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+ModelHealth = Callable[[], Mapping[str, bool]]
+"""Model name -> whether a call for it can be served now."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,27 @@ def setup_logging_from(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(str(exc))
 
 
+async def _sync_model_health(
+    servicer: health.aio.HealthServicer, model_health: ModelHealth
+) -> None:
+    """Keep one health-checker service per model in step with `model_health`.
+
+    A model that goes away reads NOT_SERVING; a name never seen reads
+    NOT_FOUND, as the health protocol answers for unknown services.
+    """
+    shown: dict[str, bool] = {}
+    while True:
+        now = dict(model_health())
+        for name in shown.keys() - now.keys():
+            now[name] = False
+        for name, serving in now.items():
+            if shown.get(name) != serving:
+                status = health_pb2.HealthCheckResponse.SERVING if serving else NOT_SERVING
+                await servicer.set(name, status)
+        shown = now
+        await asyncio.sleep(MODEL_HEALTH_POLL_S)
+
+
 async def serve(
     config: ServerConfig,
     servicer: model_service_pb2_grpc.ModelServiceServicer,
@@ -133,6 +160,7 @@ async def serve(
     known_models: KnownModels,
     ready: Callable[[], Awaitable[None]] | None = None,
     cleanup: Callable[[], Awaitable[None]] | None = None,
+    model_health: ModelHealth | None = None,
 ) -> None:
     """Run a ModelService process until SIGTERM or SIGINT.
 
@@ -143,6 +171,9 @@ async def serve(
         ready: awaited after the port is bound and before health turns
             SERVING (e.g. loading models).
         cleanup: awaited after the server stopped (e.g. draining batchers).
+        model_health: model name -> whether it can be served now; each
+            model is then a service of the gRPC health checker, kept in step
+            every MODEL_HEALTH_POLL_S.
     """
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -160,7 +191,7 @@ async def serve(
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot bind {address}")
     for name in ("", MODEL_SERVICE):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await health_servicer.set(name, NOT_SERVING)
     if config.metrics_port:
         metrics.serve_metrics(config.metrics_port, config.host)
     await server.start()
@@ -173,9 +204,13 @@ async def serve(
             await ready()
         for name in ("", MODEL_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if model_health is not None:
+            syncing = asyncio.create_task(_sync_model_health(health_servicer, model_health))
         logger.info("serving on %s", address)
         await stop.wait()
         logger.info("shutting down: finishing in-flight calls (grace %.1fs)", config.grace_s)
+        if model_health is not None:
+            syncing.cancel()
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.grace_s)
     finally:
