@@ -132,25 +132,32 @@ def setup_logging_from(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(str(exc))
 
 
-async def _sync_model_health(
-    servicer: health.aio.HealthServicer, model_health: ModelHealth
-) -> None:
-    """Keep one health-checker service per model in step with `model_health`.
+class _ModelHealthSync:
+    """Keeps one health-checker service per model in step with `model_health`.
 
     A model that goes away reads NOT_SERVING; a name never seen reads
     NOT_FOUND, as the health protocol answers for unknown services.
     """
-    shown: dict[str, bool] = {}
-    while True:
-        now = dict(model_health())
-        for name in shown.keys() - now.keys():
+
+    def __init__(self, servicer: health.aio.HealthServicer, model_health: ModelHealth) -> None:
+        self._servicer = servicer
+        self._model_health = model_health
+        self._shown: dict[str, bool] = {}
+
+    async def update(self) -> None:
+        now = dict(self._model_health())
+        for name in self._shown.keys() - now.keys():
             now[name] = False
         for name, serving in now.items():
-            if shown.get(name) != serving:
+            if self._shown.get(name) != serving:
                 status = health_pb2.HealthCheckResponse.SERVING if serving else NOT_SERVING
-                await servicer.set(name, status)
-        shown = now
-        await asyncio.sleep(MODEL_HEALTH_POLL_S)
+                await self._servicer.set(name, status)
+        self._shown = now
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(MODEL_HEALTH_POLL_S)
+            await self.update()
 
 
 async def serve(
@@ -202,10 +209,12 @@ async def serve(
     try:
         if ready is not None:
             await ready()
+        if model_health is not None:  # models first: SERVING promises they answer
+            sync = _ModelHealthSync(health_servicer, model_health)
+            await sync.update()
+            syncing = asyncio.create_task(sync.run())
         for name in ("", MODEL_SERVICE):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if model_health is not None:
-            syncing = asyncio.create_task(_sync_model_health(health_servicer, model_health))
         logger.info("serving on %s", address)
         await stop.wait()
         logger.info("shutting down: finishing in-flight calls (grace %.1fs)", config.grace_s)
