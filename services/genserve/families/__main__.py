@@ -12,14 +12,10 @@ from typing import Any
 
 from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
+from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
-from genserve.runtime.server import (
-    ServerConfig,
-    add_logging_flags,
-    serve,
-    setup_logging_from,
-)
+from genserve.runtime.server import ServerConfig, serve
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
 

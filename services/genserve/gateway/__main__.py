@@ -8,12 +8,8 @@ import logging
 
 from genserve.gateway.backends import BackendPool
 from genserve.gateway.servicer import GatewayServicer
-from genserve.runtime.server import (
-    ServerConfig,
-    add_logging_flags,
-    serve,
-    setup_logging_from,
-)
+from genserve.runtime.logs import add_logging_flags, setup_logging_from
+from genserve.runtime.server import ServerConfig, serve
 
 logger = logging.getLogger("genserve.gateway")
 
