@@ -4,10 +4,10 @@ Trains a generator G and a discriminator D on Fashion-MNIST (or the 5k MNIST
 digits), exports only the generator as ``generator.onnx`` (latent [, label] ->
 image in [0, 1]), checks it against PyTorch and writes ``<out>/<name>/<version>/``::
 
-    python -m genserve.exporters.gan --out models --name gan-fashion --version 1 \\
-        --epochs 5 --seed 0 --threads 1
-    python -m genserve.exporters.gan --out models --name cgan-fashion --version 1 \\
-        --epochs 5 --seed 0 --threads 1 --conditional
+    python -m genserve.exporters.gan --out models --name gan-fashion --version 2 \\
+        --epochs 12 --learning-rate 2e-4 --seed 0 --threads 1
+    python -m genserve.exporters.gan --out models --name cgan-fashion --version 2 \\
+        --epochs 12 --learning-rate 2e-4 --seed 0 --threads 1 --conditional
 
 Two losses share the code. ``bce`` is the non-saturating GAN loss (Goodfellow
 et al., 2014). ``wgan-gp`` trains D as a critic without a sigmoid under the

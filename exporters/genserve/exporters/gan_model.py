@@ -17,9 +17,10 @@ from torch import nn
 
 Loss = Literal["bce", "wgan-gp"]
 LOSSES: tuple[Loss, ...] = ("bce", "wgan-gp")
-LOSS_DEFAULTS = {"bce": (5e-4, (0.5, 0.999)), "wgan-gp": (1e-4, (0.0, 0.9))}
-"""Adam learning rate and betas per loss: DCGAN's betas with a faster rate (5e-4 reached a
-given quality in half the steps of DCGAN's 2e-4 here), and the WGAN-GP paper's settings."""
+LOSS_DEFAULTS = {"bce": (2e-4, (0.5, 0.999)), "wgan-gp": (1e-4, (0.0, 0.9))}
+"""Adam learning rate and betas per loss: DCGAN's (2e-4) and the WGAN-GP paper's. A faster
+5e-4 reaches a given quality in half the steps but ends worse: over 12 epochs the conditional
+model's FD was 51.2 at 5e-4 and 40.4 at 2e-4."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class GANConfig:
 class GANTrainConfig:
     """How long and how to train; the learning rate and betas default per loss."""
 
-    epochs: int = 5
+    epochs: int = 12
     """Passes over the training set (counted in the real batches D sees)."""
     batch_size: int = 64
     """Real images per discriminator step; as many fakes."""
