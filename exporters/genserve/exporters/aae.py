@@ -4,8 +4,8 @@ Trains on Fashion-MNIST (or the 5k MNIST digits), exports ``encoder.onnx``
 (image -> latent) and ``decoder.onnx`` (latent -> image in [0, 1]), checks them
 against PyTorch and writes ``<out>/<name>/<version>/``::
 
-    python -m genserve.exporters.aae --out models --name aae-fashion --version 1 \\
-        --epochs 5 --seed 0 --threads 1
+    python -m genserve.exporters.aae --out models --name aae-fashion --version 2 \\
+        --epochs 12 --seed 0 --threads 1
 
 Symbols: x is an image, q(z|x) the deterministic encoder z = encoder(x), p(x|z)
 = Bernoulli(decoder(z)) per pixel, p(z) = N(0, I) the prior and D(z) the

@@ -7,8 +7,8 @@ Fashion-MNIST (or the 5k MNIST digits), exports the same two graphs as the VAE,
 image in [0, 1]), checks them against PyTorch and writes
 ``<out>/<name>/<version>/``::
 
-    python -m genserve.exporters.vaegan --out models --name vaegan-fashion --version 1 \\
-        --epochs 4 --seed 0 --threads 1
+    python -m genserve.exporters.vaegan --out models --name vaegan-fashion --version 2 \\
+        --epochs 8 --seed 0 --threads 1
 
 The networks and the losses (with the paper's symbols) are in
 :mod:`genserve.exporters.vaegan_model`.
