@@ -163,7 +163,7 @@ def test_train_and_export_writes_a_checked_version_folder(tmp_path):
 def test_checkpoint_rebuilds_the_same_model(tmp_path):
     training.seed_everything(0)
     model = vae.VAE(TINY).eval()
-    vae.save_checkpoint(model, tmp_path / "vae.pt")
+    training.save_checkpoint(model, tmp_path / "vae.pt")
     restored = vae.load_checkpoint(tmp_path / "vae.pt")
     assert restored.config == TINY
     latent = torch.randn(3, 16)

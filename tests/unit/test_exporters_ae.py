@@ -161,7 +161,7 @@ def test_latent_metrics_read_zero_and_one_for_the_prior():
 def test_checkpoints_rebuild_the_same_models(tmp_path):
     training.seed_everything(0)
     for module, model in ((ae, ae.AE(TINY_AE)), (aae, aae.AAE(TINY_AAE))):
-        module.save_checkpoint(model.eval(), tmp_path / "model.pt")
+        training.save_checkpoint(model.eval(), tmp_path / "model.pt")
         restored = module.load_checkpoint(tmp_path / "model.pt")
         assert restored.config == model.config
         image = torch.rand(3, 1, 28, 28)

@@ -107,7 +107,7 @@ def test_train_and_export_writes_a_vaegan_version_folder(tmp_path):
 def test_checkpoint_rebuilds_the_same_model(tmp_path):
     training.seed_everything(0)
     model = vaegan_model.VAEGAN(TINY).eval()
-    vaegan.save_checkpoint(model, tmp_path / "vaegan.pt")
+    training.save_checkpoint(model, tmp_path / "vaegan.pt")
     restored = vaegan.load_checkpoint(tmp_path / "vaegan.pt")
     assert restored.config == TINY
     latent = torch.randn(3, 16)

@@ -24,7 +24,6 @@ decoder are ae.py's (vae.py's conv blocks), so the graphs have ae's signature.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
@@ -247,18 +246,9 @@ def latent_metrics(encoder: nn.Module, images: torch.Tensor, *, batch_size: int 
     }
 
 
-def save_checkpoint(model: AAE, path: Path) -> None:
-    """Save the weights (discriminator included) with the config that rebuilds the model."""
-    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
-
-
 def load_checkpoint(path: Path) -> AAE:
-    """Rebuild an AAE from :func:`save_checkpoint`'s file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    fields = checkpoint["config"]
-    model = AAE(AAEConfig(**{**fields, "channels": tuple(fields["channels"])}))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    """Rebuild an AAE from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, AAE, AAEConfig)
 
 
 def train_and_export(
@@ -307,7 +297,7 @@ def train_and_export(
     metrics.update(latent_metrics(model.encoder, test_images))
     logger.info("test metrics: %s", metrics)
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        training.save_checkpoint(model, checkpoint)
     extra = [
         "--discriminator-learning-rate",
         str(train_config.discriminator_learning_rate),

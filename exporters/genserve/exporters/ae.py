@@ -18,7 +18,6 @@ outputs instead of a mean and a log-variance. aae.py builds on this file.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -116,18 +115,9 @@ def evaluate(
     }
 
 
-def save_checkpoint(model: nn.Module, path: Path) -> None:
-    """Save the weights with the config that rebuilds the model."""
-    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
-
-
 def load_checkpoint(path: Path) -> AE:
-    """Rebuild an AE from :func:`save_checkpoint`'s file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    fields = checkpoint["config"]
-    model = AE(AEConfig(**{**fields, "channels": tuple(fields["channels"])}))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    """Rebuild an AE from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, AE, AEConfig)
 
 
 def export_graphs(
@@ -268,7 +258,7 @@ def train_and_export(
     metrics = evaluate(model.encoder, model.decoder, test_images)
     logger.info("test metrics: %s", metrics)
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        training.save_checkpoint(model, checkpoint)
     info = VersionInfo(
         family="ae",
         description=f"Convolutional autoencoder with a {model_config.latent_dim}-d latent "

@@ -22,7 +22,6 @@ image and D(x, y) a real-valued score (a logit for ``bce``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import shlex
 import sys
@@ -152,20 +151,9 @@ def train_gan(
     )
 
 
-def save_checkpoint(model: GAN, path: Path) -> None:
-    """Save the weights with the config that rebuilds the model."""
-    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
-
-
 def load_checkpoint(path: Path) -> GAN:
-    """Rebuild a GAN from :func:`save_checkpoint`'s file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    fields = checkpoint["config"]
-    for field in ("generator_channels", "discriminator_channels"):
-        fields[field] = tuple(fields[field])
-    model = GAN(GANConfig(**fields))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    """Rebuild a GAN from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, GAN, GANConfig)
 
 
 def export_generator(generator: Generator, config: GANConfig, folder: Path) -> tuple[dict, dict]:
@@ -243,7 +231,7 @@ def train_and_export(
     logger.info("training %s: generator with %d parameters", name, count)
     result = train_gan(model, dataset, train_config, seed=seed)
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        training.save_checkpoint(model, checkpoint)
     with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
         graphs, parity = export_generator(model.generator, model_config, folder)
         card = {

@@ -6,12 +6,14 @@ the optimizer steps, the progress bar and the step budget.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -131,3 +133,20 @@ def train(
         training_time_s=round(time.perf_counter() - started, 1),
         last_epoch_loss=epoch_loss,
     )
+
+
+def save_checkpoint(model: torch.nn.Module, path: Path) -> None:
+    """Save a model's weights with its ``config`` dataclass, which rebuilds it."""
+    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path, model_class: type, config_class: type) -> torch.nn.Module:
+    """Rebuild ``model_class(config_class(...))`` from :func:`save_checkpoint`'s file.
+
+    The file stores tuples as lists; every list field is turned back into a tuple.
+    """
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in checkpoint["config"].items()}
+    model = model_class(config_class(**fields))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

@@ -13,7 +13,6 @@ encoder, p(x|z) = Bernoulli(decoder(z)) per pixel and p(z) = N(0, I).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -166,19 +165,9 @@ def evaluate(model: VAE, images: torch.Tensor, *, seed: int, batch_size: int = 5
     }
 
 
-def save_checkpoint(model: VAE, path: Path) -> None:
-    """Save the weights with the config that rebuilds the model."""
-    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
-
-
 def load_checkpoint(path: Path) -> VAE:
-    """Rebuild a VAE from :func:`save_checkpoint`'s file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    fields = checkpoint["config"]
-    config = VAEConfig(**{**fields, "channels": tuple(fields["channels"])})
-    model = VAE(config)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    """Rebuild a VAE from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, VAE, VAEConfig)
 
 
 def export_graphs(model: VAE, folder: Path) -> tuple[dict, dict]:
@@ -259,7 +248,7 @@ def train_and_export(
     metrics = evaluate(model, test_images, seed=seed)
     logger.info("test metrics: %s", metrics)
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        training.save_checkpoint(model, checkpoint)
     with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
         graphs, parity = export_graphs(model, folder)
         card = {

@@ -164,20 +164,9 @@ def evaluate(model: VAEGAN, images: torch.Tensor, *, seed: int, batch_size: int 
     return {"test_reconstruction_mse": round(mse, 5), **metrics}
 
 
-def save_checkpoint(model: VAEGAN, path: Path) -> None:
-    """Save the weights with the config that rebuilds the model."""
-    torch.save({"config": dataclasses.asdict(model.config), "model": model.state_dict()}, path)
-
-
 def load_checkpoint(path: Path) -> VAEGAN:
-    """Rebuild a VAE-GAN from :func:`save_checkpoint`'s file."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    fields = checkpoint["config"]
-    for key in ("channels", "disc_channels"):
-        fields[key] = tuple(fields[key])
-    model = VAEGAN(VAEGANConfig(**fields))
-    model.load_state_dict(checkpoint["model"])
-    return model.eval()
+    """Rebuild a VAE-GAN from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, VAEGAN, VAEGANConfig)
 
 
 def train_and_export(
@@ -225,7 +214,7 @@ def train_and_export(
     metrics = evaluate(model, test_images, seed=seed)
     logger.info("test metrics: %s", metrics)
     if checkpoint is not None:
-        save_checkpoint(model, checkpoint)
+        training.save_checkpoint(model, checkpoint)
     with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
         graphs, parity = vae.export_graphs(model.vae, folder)
         card = {
