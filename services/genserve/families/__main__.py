@@ -12,6 +12,7 @@ from typing import Any
 
 from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
+from genserve.runtime.limits import add_limit_flags, limits_from
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
@@ -63,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     )
     parser.add_argument("--poll-s", type=float, default=5.0, help="new-version poll; 0 never")
     add_logging_flags(parser)
+    add_limit_flags(parser)
     args = parser.parse_args(argv)
     setup_logging_from(parser, args)
     overrides = {
@@ -80,7 +82,9 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         return FamilyConfig(
             family=args.family,
             models=args.models,
-            server=ServerConfig(args.host, args.port, args.metrics_port, args.grace_s),
+            server=ServerConfig(
+                args.host, args.port, args.metrics_port, args.grace_s, limits_from(args)
+            ),
             session=SessionOptions(args.provider, args.intra_op_threads),
             batching_overrides=overrides,
             poll_s=args.poll_s,
@@ -113,7 +117,7 @@ async def run(config: FamilyConfig) -> None:
 
     await serve(
         config.server,
-        FamilyServicer(registry),
+        FamilyServicer(registry, config.server.limits),
         known_models=lambda: set(registry.names()),
         ready=ready,
         cleanup=cleanup,

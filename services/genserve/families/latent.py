@@ -86,7 +86,27 @@ class LatentImageModel(ServedModel):
                 raise InvalidArgument("class_labels", f"model {self.name} needs class labels")
             inputs["label"] = labels.astype(np.int64)
         out = await self._decoder.submit(inputs, deadline=deadline)
-        return Output(images=out["image"])
+        return Output(images=_checked_images(out["image"]))
+
+
+_RANGE_SLACK = 1e-5
+"""How far float rounding may carry a decoder's [0, 1] output before it counts as broken."""
+
+
+def _checked_images(images: np.ndarray) -> np.ndarray:
+    """The decoder's images, clipped to [0, 1]; refused when not finite or out of range.
+
+    Extreme but finite latents can overflow inside the decoder; the caller
+    gets INVALID_ARGUMENT naming the latents instead of NaN images.
+    """
+    finite = np.isfinite(images).all()
+    if not finite or images.min() < -_RANGE_SLACK or images.max() > 1 + _RANGE_SLACK:
+        raise InvalidArgument(
+            "latents",
+            "values this extreme make the decoder overflow; "
+            "keep them near the prior (about -5 to 5)",
+        )
+    return np.clip(images, 0.0, 1.0)
 
 
 class VaeModel(LatentImageModel):

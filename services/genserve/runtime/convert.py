@@ -5,14 +5,18 @@ Only servicers call this module; nothing past them sees protobuf.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import math
 import secrets
 
 import numpy as np
 from PIL import Image
 
 from genserve.client import tensors
+from genserve.runtime import png
 from genserve.runtime.errors import InvalidArgument
+from genserve.runtime.limits import Limits
 from genserve.runtime.model import GenerateParams, SamplerParams, ServedModel
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import tensor_pb2
@@ -70,49 +74,72 @@ def latents(
     return finite_float32(field, array)
 
 
-def images(field: str, message: pb.ImageInput, model: ServedModel) -> np.ndarray:
-    """float32 (N, C, H, W) in [0, 1], from a tensor or PNG files."""
+async def images(
+    field: str, message: pb.ImageInput, model: ServedModel, limits: Limits
+) -> np.ndarray:
+    """float32 (N, C, H, W) in [0, 1], from a tensor or PNG files.
+
+    Every PNG's header is checked (format, size, bit depth, channels, length)
+    and the request's pixels are bounded before anything is decoded; the
+    decoding itself runs off the event loop.
+    """
     shape = model.image_shape
     has_tensor, has_pngs = message.HasField("tensor"), len(message.pngs) > 0
     if has_tensor == has_pngs:
         raise InvalidArgument(field, "set exactly one of tensor and pngs")
     if has_pngs:
-        array = np.stack([_png(f"{field}.pngs[{i}]", b, shape) for i, b in enumerate(message.pngs)])
-    else:
-        array = tensor_field(f"{field}.tensor", message.tensor)
-        if array.ndim != 4 or tuple(array.shape[1:]) != shape:
-            raise InvalidArgument(
-                f"{field}.tensor.shape",
-                f"must be (N, {', '.join(map(str, shape))}), got {list(array.shape)}",
-            )
-        if array.dtype == np.uint8:
-            array = array.astype(np.float32) / 255.0
-        array = finite_float32(f"{field}.tensor", array)
-        if array.size and (array.min() < 0.0 or array.max() > 1.0):
-            raise InvalidArgument(
-                f"{field}.tensor",
-                f"values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]",
-            )
-    if not 1 <= array.shape[0] <= model.config.max_num_samples:
+        _check_count(field, len(message.pngs), model, limits)
+        pngs = []
+        for i in range(len(message.pngs)):  # one at a time: the first bad one ends the copying
+            data = message.pngs[i]
+            try:
+                png.check_header(png.read_header(data), len(data), shape)
+            except png.PngError as exc:
+                raise InvalidArgument(f"{field}.pngs[{i}]", str(exc)) from None
+            pngs.append(data)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, _decode_pngs, field, pngs, shape)
+    array = tensor_field(f"{field}.tensor", message.tensor)
+    if array.ndim != 4 or tuple(array.shape[1:]) != shape:
         raise InvalidArgument(
-            field, f"needs 1 to {model.config.max_num_samples} images, got {array.shape[0]}"
+            f"{field}.tensor.shape",
+            f"must be (N, {', '.join(map(str, shape))}), got {list(array.shape)}",
+        )
+    _check_count(field, array.shape[0], model, limits)
+    if array.dtype == np.uint8:
+        array = array.astype(np.float32) / 255.0
+    array = finite_float32(f"{field}.tensor", array)
+    if array.min() < 0.0 or array.max() > 1.0:
+        raise InvalidArgument(
+            f"{field}.tensor",
+            f"values must lie in [0, 1], got [{array.min():.3g}, {array.max():.3g}]",
         )
     return array
 
 
-def _png(field: str, data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    channels, height, width = shape
-    try:
-        image = Image.open(io.BytesIO(data))
-        image = image.convert("L" if channels == 1 else "RGB")
-    except Exception as exc:
-        raise InvalidArgument(field, f"is not a readable image: {exc}") from None
-    if image.size != (width, height):
+def _check_count(field: str, count: int, model: ServedModel, limits: Limits) -> None:
+    """1 to max_num_samples images, and no more pixels than the limit."""
+    cap = model.config.max_num_samples
+    if not 1 <= count <= cap:
+        raise InvalidArgument(field, f"needs 1 to {cap} images, got {count}")
+    pixels = count * math.prod(model.image_shape)
+    if pixels > limits.max_image_pixels:
+        most = limits.max_image_pixels // math.prod(model.image_shape)
         raise InvalidArgument(
-            field, f"must be {width}x{height} pixels, got {image.size[0]}x{image.size[1]}"
+            field,
+            f"carries {pixels} pixel values; at most {limits.max_image_pixels} ({most} images)",
         )
-    array = np.asarray(image, dtype=np.float32) / 255.0
-    return array[None] if channels == 1 else array.transpose(2, 0, 1)
+
+
+def _decode_pngs(field: str, pngs: list[bytes], shape: tuple[int, int, int]) -> np.ndarray:
+    """Decode checked PNGs into one (N, C, H, W) batch; runs in an executor."""
+    out = np.empty((len(pngs), *shape), np.float32)
+    for i, data in enumerate(pngs):
+        try:
+            out[i] = png.decode(data, shape)
+        except png.PngError as exc:
+            raise InvalidArgument(f"{field}.pngs[{i}]", str(exc)) from None
+    return out
 
 
 def class_labels(field: str, values, model: ServedModel, rows: int) -> np.ndarray | None:
@@ -170,10 +197,12 @@ def generate_params(
     )
 
 
-def images_out(array: np.ndarray, output_format: int) -> tensor_pb2.Images:
-    """Images as a float32 tensor, or as one PNG per image."""
+async def images_out(array: np.ndarray, output_format: int) -> tensor_pb2.Images:
+    """Images as a float32 tensor, or as one PNG per image (encoded off the event loop)."""
     if output_format == tensor_pb2.OUTPUT_FORMAT_PNG:
-        return tensor_pb2.Images(pngs=[to_png(img) for img in array])
+        loop = asyncio.get_running_loop()
+        pngs = await loop.run_in_executor(None, lambda: [to_png(img) for img in array])
+        return tensor_pb2.Images(pngs=pngs)
     return tensor_pb2.Images(tensor=tensors.from_numpy(np.ascontiguousarray(array, np.float32)))
 
 

@@ -12,7 +12,11 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from genserve.runtime.limits import shown
+
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_MAX_LISTED = 20
+"""The most model names an error lists."""
 
 
 class GenserveError(Exception):
@@ -81,14 +85,18 @@ class NotFound(GenserveError):
     code = grpc.StatusCode.NOT_FOUND
 
     def __init__(self, model_name: str, known: list[str] | None = None) -> None:
-        hint = f"; loaded models: {', '.join(sorted(known))}" if known else ""
-        super().__init__(f"model {model_name!r} is not loaded{hint}")
+        hint = f"; loaded models: {', '.join(sorted(known)[:_MAX_LISTED])}" if known else ""
+        if known and len(known) > _MAX_LISTED:
+            hint += f" and {len(known) - _MAX_LISTED} more"
+        super().__init__(f"model {shown(model_name)} is not loaded{hint}")
         self.model_name = model_name
 
     def details(self) -> list:
         return [
             error_details_pb2.ResourceInfo(
-                resource_type="model", resource_name=self.model_name, description=self.message
+                resource_type="model",
+                resource_name=shown(self.model_name)[1:-1],
+                description=self.message,
             )
         ]
 
@@ -100,7 +108,7 @@ class Unimplemented(GenserveError):
 
     def __init__(self, model_name: str, family: str, call: str, supported: list[str]) -> None:
         super().__init__(
-            f"model {model_name!r} (family {family}) does not support {call}; "
+            f"model {shown(model_name)} (family {family}) does not support {call}; "
             f"it supports {', '.join(supported)}"
         )
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+
+from genserve.runtime.metrics_http import MetricsServer, MetricsServerLimits, start_metrics_server
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +96,42 @@ BACKEND_REQUESTS = Counter(
     "Calls the gateway forwarded, by backend and status code.",
     ["backend", "code"],
 )
+BACKEND_EJECTIONS = Counter(
+    "genserve_gateway_backend_ejections_total",
+    "Times the gateway took a backend out of routing after failures in a row, by the kind"
+    " of the last one: a health check (check) or a forwarded call (call).",
+    ["backend", "reason"],
+)
+
+MODEL_LOAD_FAILURES = Counter(
+    "genserve_model_load_failures_total",
+    "Loads of a model version that were refused; it is retried once its files change.",
+    ["model"],
+)
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serve /metrics over HTTP on host:port from a background thread."""
-    start_http_server(port, addr=host)
-    logger.info("metrics on http://%s:%d/metrics", host, port)
+def serve_metrics(
+    port: int,
+    host: str = "127.0.0.1",
+    *,
+    timeout_s: float = MetricsServerLimits.timeout_s,
+    max_connections: int = MetricsServerLimits.max_connections,
+) -> MetricsServer:
+    """Serve /metrics over HTTP on host:port from daemon threads; returns the server.
+
+    Args:
+        port: the port; 0 picks a free one (see the returned server's `port`).
+        host: the address to bind.
+        timeout_s: socket timeout per connection; a half-sent request is closed after it.
+        max_connections: connections served at once; one more is answered 503.
+    """
+    limits = MetricsServerLimits(timeout_s=timeout_s, max_connections=max_connections)
+    server = start_metrics_server(port, host, limits)
+    logger.info(
+        "metrics on http://%s:%d/metrics (timeout %.1fs, at most %d connections)",
+        host,
+        server.port,
+        timeout_s,
+        max_connections,
+    )
+    return server

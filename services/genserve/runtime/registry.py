@@ -3,7 +3,11 @@
 Each model is served at its newest version that loads. A poll looks for new
 version folders: a new one is loaded beside the old, swapped in when ready,
 and the old one drained; one that fails to load is refused with one log line
-and the previous version keeps serving.
+and the previous version keeps serving. A refused version is not tried again
+while its folder is unchanged (no reload storm); once its files have changed
+and then held still for one poll, it is tried again, so a version copied in
+file by file is served once it is whole, and a slow copy is not re-read at
+every poll.
 """
 
 from __future__ import annotations
@@ -12,15 +16,32 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from genserve.runtime import errors, metrics
 from genserve.runtime.model import LoadContext, ServedModel
-from genserve.runtime.repository import ModelConfigError, load_config, scan
+from genserve.runtime.repository import (
+    FolderFingerprint,
+    ModelConfigError,
+    fingerprint,
+    load_config,
+    scan,
+)
 
 logger = logging.getLogger(__name__)
 
 ModelFactory = Callable[..., ServedModel]
+
+
+@dataclass
+class _Refusal:
+    """A version folder that failed to load, and what its files looked like."""
+
+    refused_as: FolderFingerprint
+    """The folder's fingerprint taken just before the load that failed."""
+    last_seen: FolderFingerprint
+    """The fingerprint at the latest poll; a retry waits until it holds still."""
 
 
 class ModelRegistry:
@@ -41,7 +62,7 @@ class ModelRegistry:
         self._factory = factory
         self._context = context
         self._models: dict[str, ServedModel] = {}
-        self._refused: set[Path] = set()
+        self._refused: dict[Path, _Refusal] = {}
         self._loaded_once = False
 
     def names(self) -> list[str]:
@@ -72,12 +93,14 @@ class ModelRegistry:
     async def refresh(self) -> bool:
         """Load whatever is newer than what is served; True if anything changed."""
         changed = False
-        for name, version_dirs in scan(self.root, self.family).items():
+        found = scan(self.root, self.family)
+        self._forget_gone(found)
+        for name, version_dirs in found.items():
             current = self._models.get(name)
             for folder in version_dirs:  # newest first
                 if current is not None and int(folder.name) <= int(current.config.version):
                     break
-                if folder in self._refused:
+                if not self._worth_trying(folder):
                     continue
                 loaded = await self._load(folder)
                 if loaded is None:
@@ -97,22 +120,50 @@ class ModelRegistry:
         self._loaded_once = True
         return changed
 
+    def _worth_trying(self, folder: Path) -> bool:
+        """False for a refused folder unchanged since, or still changing."""
+        refusal = self._refused.get(folder)
+        if refusal is None:
+            return True
+        now = fingerprint(folder)
+        if now == refusal.refused_as:
+            return False
+        if now != refusal.last_seen:  # still being written: wait until it holds still
+            refusal.last_seen = now
+            return False
+        logger.info("model version %s changed since it was refused; loading it again", folder)
+        return True
+
+    def _forget_gone(self, found: dict[str, list[Path]]) -> None:
+        """Drop refusals of version folders that are no longer in the repository."""
+        present = {folder for folders in found.values() for folder in folders}
+        for folder in self._refused.keys() - present:
+            del self._refused[folder]
+
+    def _refuse(self, folder: Path, seen: FolderFingerprint, reason: str) -> None:
+        """Log one line, count it, and remember the folder as it was before loading."""
+        logger.error("refused model version %s: %s", folder, reason)
+        metrics.MODEL_LOAD_FAILURES.labels(model=folder.parent.name).inc()
+        self._refused[folder] = _Refusal(refused_as=seen, last_seen=seen)
+
     async def _load(self, folder: Path) -> ServedModel | None:
         """Load and start one version, or log why not and remember the refusal."""
         started = time.monotonic()
+        # Taken before reading, so a file that changes during the load is retried.
+        seen = fingerprint(folder)
         try:
-            config = load_config(folder)
             loop = asyncio.get_running_loop()
+            # Off the event loop: checking the card's hashes reads every graph.
+            config = await loop.run_in_executor(None, load_config, folder)
             model = await loop.run_in_executor(None, self._factory, config, self._context)
             await model.start()
         except (ModelConfigError, errors.GenserveError, OSError) as exc:
-            logger.error("refused model version %s: %s", folder, exc)
-            self._refused.add(folder)
+            self._refuse(folder, seen, str(exc))
             return None
         except Exception as exc:
-            logger.error("refused model version %s: %s: %s", folder, type(exc).__name__, exc)
-            self._refused.add(folder)
+            self._refuse(folder, seen, f"{type(exc).__name__}: {exc}")
             return None
+        self._refused.pop(folder, None)
         elapsed = time.monotonic() - started
         metrics.MODEL_LOAD_DURATION.labels(model=config.name).observe(elapsed)
         metrics.MODEL_LOADED.labels(model=config.name, version=config.version).set(1)

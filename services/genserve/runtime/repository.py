@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,33 @@ def load_config(folder: Path) -> ModelConfig:
         card=card,
         raw=raw,
     )
+
+
+FolderFingerprint = tuple[tuple[str, int, int, int], ...]
+"""Per file of a version folder: (relative name, size, mtime_ns, ctime_ns), sorted."""
+
+
+def fingerprint(folder: Path) -> FolderFingerprint:
+    """What a version folder holds, from file metadata alone (no file is read).
+
+    Any write, truncation, rename or new file changes it: sizes and both
+    timestamps are compared, so even a copy that restores the old mtime shows
+    (ctime cannot be set back). A folder that vanishes reads as empty.
+    """
+    entries = []
+    try:
+        paths = list(folder.rglob("*"))
+    except FileNotFoundError:
+        return ()
+    for path in paths:
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue  # removed between listing and stat
+        if stat.S_ISREG(info.st_mode):
+            name = path.relative_to(folder).as_posix()
+            entries.append((name, info.st_size, info.st_mtime_ns, info.st_ctime_ns))
+    return tuple(sorted(entries))
 
 
 def versions(model_dir: Path) -> list[Path]:

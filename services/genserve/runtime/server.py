@@ -1,7 +1,8 @@
 """Building and running a genserve gRPC process.
 
-`serve` builds a grpc.aio server with the serving interceptor, registers the
-ModelService servicer, standard health checking and reflection, serves
+`serve` builds a grpc.aio server with the serving interceptor and the bounds
+of `Limits`, registers the ModelService servicer, standard health checking
+(Check, Watch and List) and reflection, serves
 /metrics over HTTP, and on SIGTERM or SIGINT marks itself NOT_SERVING, stops
 taking new calls, lets in-flight calls finish within the grace period, then
 runs the caller's cleanup.
@@ -13,14 +14,15 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from genserve.runtime import metrics
+from genserve.runtime import memory, metrics
 from genserve.runtime.interceptors import KnownModels, ServingInterceptor
+from genserve.runtime.limits import Limits, raise_fd_limit
 from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,13 @@ MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].fu
 MODEL_HEALTH_POLL_S = 0.5
 """How often per-model health statuses are brought up to date."""
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_TRANSPORT_OPTIONS = [
+    ("grpc.so_reuseport", 0),
+    # HTTP/2 bandwidth-delay probing triples the CPU a large message costs to
+    # receive (4 MiB: 12.9 -> 4.2 ms on loopback, docs/limits.md); on a
+    # cluster network the default windows are enough.
+    ("grpc.http2.bdp_probe", 0),
+]
 
 ModelHealth = Callable[[], Mapping[str, bool]]
 """Model name -> whether a call for it can be served now."""
@@ -46,8 +55,8 @@ class ServerConfig:
     """HTTP port for /metrics; 0 serves no metrics."""
     grace_s: float = 10.0
     """How long in-flight calls may take to finish on shutdown."""
-    max_message_bytes: int = 64 * 1024 * 1024
-    """Largest request or response message."""
+    limits: Limits = field(default_factory=Limits)
+    """Bounds on messages, calls and connections."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -58,6 +67,17 @@ class ServerConfig:
             raise ValueError(f"grace_s must be >= 0, got {self.grace_s}")
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 Health with List: every service's status in one answer."""
+
+    async def List(self, request, context):
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
+
 class _ModelHealthSync:
     """Keeps one health-checker service per model in step with `model_health`.
 
@@ -65,7 +85,7 @@ class _ModelHealthSync:
     NOT_FOUND, as the health protocol answers for unknown services.
     """
 
-    def __init__(self, servicer: health.aio.HealthServicer, model_health: ModelHealth) -> None:
+    def __init__(self, servicer: HealthServicer, model_health: ModelHealth) -> None:
         self._servicer = servicer
         self._model_health = model_health
         self._shown: dict[str, bool] = {}
@@ -108,14 +128,22 @@ async def serve(
             model is then a service of the gRPC health checker, kept in step
             every MODEL_HEALTH_POLL_S.
     """
-    options = [
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),
+    options = [*config.limits.grpc_options(), *_TRANSPORT_OPTIONS]
+    options += [  # take the gateway's keepalive pings (every 1 s by default), even between calls
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 500),
     ]
-    server = grpc.aio.server(interceptors=[ServingInterceptor(known_models)], options=options)
+    open_files = raise_fd_limit()
+    if open_files < config.limits.max_connections + 256:
+        logger.warning(
+            "open-file limit %d leaves little room above max_connections %d",
+            open_files,
+            config.limits.max_connections,
+        )
+    interceptor = ServingInterceptor(known_models, config.limits)
+    server = grpc.aio.server(interceptors=[interceptor], options=options)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -126,8 +154,14 @@ async def serve(
     for name in ("", MODEL_SERVICE):
         await health_servicer.set(name, NOT_SERVING)
     if config.metrics_port:
-        metrics.serve_metrics(config.metrics_port, config.host)
+        metrics.serve_metrics(
+            config.metrics_port,
+            config.host,
+            timeout_s=config.limits.metrics_timeout_s,
+            max_connections=config.limits.metrics_max_connections,
+        )
     await server.start()
+    trimming = asyncio.create_task(memory.trim_forever())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -149,6 +183,7 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         await server.stop(config.grace_s)
     finally:
+        trimming.cancel()
         if cleanup is not None:
             await cleanup()
         await server.stop(0)

@@ -15,6 +15,7 @@ import numpy as np
 
 from genserve.client import tensors
 from genserve.runtime import convert, metrics
+from genserve.runtime.limits import Limits
 from genserve.runtime.model import (
     COMPLETE,
     DECODE,
@@ -80,10 +81,16 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """ModelService over the models of one family process."""
+    """ModelService over the models of one family process.
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    Args:
+        registry: the models this process serves.
+        limits: bounds on what one request may carry.
+    """
+
+    def __init__(self, registry: ModelRegistry, limits: Limits | None = None) -> None:
         self._registry = registry
+        self._limits = limits or Limits()
 
     async def ListModels(self, request, context):
         models = [
@@ -106,7 +113,7 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         convert.check_output_format(request.output_format)
         params = convert.generate_params(request, model, _deadline(context))
         output = await model.generate(params)
-        return self._generate_response(model, params.seed, output, request.output_format)
+        return await self._generate_response(model, params.seed, output, request.output_format)
 
     async def GenerateStream(self, request, context):
         inner = request.request
@@ -120,7 +127,7 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         async for event in model.generate_stream(params, request.preview_every_steps):
             if event.result is not None:
                 yield pb.GenerateStreamResponse(
-                    result=self._generate_response(
+                    result=await self._generate_response(
                         model, params.seed, event.result, inner.output_format
                     )
                 )
@@ -134,15 +141,15 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
                 yield pb.GenerateStreamResponse(token=pb.TokenDelta(sample_index=index, text=text))
             elif event.preview is not None:
                 yield pb.GenerateStreamResponse(
-                    preview=convert.images_out(event.preview, inner.output_format)
+                    preview=await convert.images_out(event.preview, inner.output_format)
                 )
 
-    def _generate_response(self, model, seed, output, output_format) -> pb.GenerateResponse:
+    async def _generate_response(self, model, seed, output, output_format) -> pb.GenerateResponse:
         response = pb.GenerateResponse(
             model_name=model.name, model_version=model.config.version, seed=seed
         )
         if output.images is not None:
-            response.images.CopyFrom(convert.images_out(output.images, output_format))
+            response.images.CopyFrom(await convert.images_out(output.images, output_format))
             metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.images))
         if output.latents is not None:
             response.latents.CopyFrom(tensors.from_numpy(output.latents))
@@ -160,7 +167,11 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             raise convert.InvalidArgument("texts", f"model {model.name} encodes images, not texts")
         if not model.image_shape and has_images:
             raise convert.InvalidArgument("images", f"model {model.name} encodes texts, not images")
-        images = convert.images("images", request.images, model) if has_images else None
+        images = (
+            await convert.images("images", request.images, model, self._limits)
+            if has_images
+            else None
+        )
         encoding = await model.encode(images, list(request.texts), _deadline(context))
         response = pb.EncodeResponse(
             model_name=model.name,
@@ -181,7 +192,7 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         return pb.DecodeResponse(
             model_name=model.name,
             model_version=model.config.version,
-            images=convert.images_out(output.images, request.output_format),
+            images=await convert.images_out(output.images, request.output_format),
         )
 
     async def Reconstruct(self, request, context):
@@ -189,18 +200,18 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         convert.check_output_format(request.output_format)
         if not request.HasField("images"):
             raise convert.InvalidArgument("images", "is required")
-        images = convert.images("images", request.images, model)
+        images = await convert.images("images", request.images, model, self._limits)
         output = await model.reconstruct(images, _deadline(context))
         return pb.ReconstructResponse(
             model_name=model.name,
             model_version=model.config.version,
-            images=convert.images_out(output.images, request.output_format),
+            images=await convert.images_out(output.images, request.output_format),
         )
 
     async def Complete(self, request, context):
         model = self._registry.get(request.model_name, COMPLETE)
         convert.check_output_format(request.output_format)
-        images = convert.images("images", request.images, model)
+        images = await convert.images("images", request.images, model, self._limits)
         mask = convert.finite_float32("mask", convert.tensor_field("mask", request.mask))
         n = images.shape[0]
         shape = (1, *images.shape[2:])
@@ -221,5 +232,5 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             model_name=model.name,
             model_version=model.config.version,
             seed=params.seed,
-            images=convert.images_out(output.images, request.output_format),
+            images=await convert.images_out(output.images, request.output_format),
         )

@@ -5,6 +5,8 @@ Tensors travel as raw little-endian bytes with a dtype and a shape.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from genserve.v1 import tensor_pb2
@@ -18,6 +20,8 @@ _TO_NUMPY: dict[int, np.dtype] = {
     tensor_pb2.DATA_TYPE_BOOL: np.dtype("?"),
 }
 _FROM_NUMPY: dict[str, int] = {dt.str.lstrip("<>|="): code for code, dt in _TO_NUMPY.items()}
+MAX_DIMS = 8
+"""The most dimensions a Tensor may have."""
 
 
 class TensorFormatError(ValueError):
@@ -40,18 +44,27 @@ def dtype_of(code: int) -> np.dtype:
 def to_numpy(tensor: tensor_pb2.Tensor) -> np.ndarray:
     """Decode a Tensor message into a numpy array (a read-only view of its bytes).
 
+    The shape is checked with exact integer arithmetic before any byte is
+    looked at, so no shape can overflow or make numpy allocate.
+
     Raises:
-        TensorFormatError: the dtype is unknown, a dimension is negative, or the
-            byte length does not match the shape.
+        TensorFormatError: the dtype is unknown, the shape has more than
+            MAX_DIMS dimensions or a negative one, or the byte length does not
+            match the shape.
     """
     dtype = dtype_of(tensor.dtype)
+    if len(tensor.shape) > MAX_DIMS:
+        raise TensorFormatError(
+            f"shape has {len(tensor.shape)} dimensions; at most {MAX_DIMS} are allowed"
+        )
     shape = tuple(int(d) for d in tensor.shape)
     if any(d < 0 for d in shape):
         raise TensorFormatError(f"shape {list(shape)} has a negative dimension")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: never overflows
     if len(tensor.data) != expected:
+        needs = expected if expected < 1 << 63 else "more than 2**63"
         raise TensorFormatError(
-            f"shape {list(shape)} of {dtype.name} needs {expected} bytes, got {len(tensor.data)}"
+            f"shape {list(shape)} of {dtype.name} needs {needs} bytes, got {len(tensor.data)}"
         )
     return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
 
