@@ -1,0 +1,237 @@
+"""Overload and floods against real processes: bursts, connection floods, PNG floods.
+
+- A burst of 5,000 concurrent calls: every call is OK or RESOURCE_EXHAUSTED
+  (none CANCELLED by the server), and /metrics counts each one by code.
+- A flood of connections that never finish their handshake, and of idle
+  ones, is closed within seconds; a new client is served meanwhile.
+- Under steady load, a flood of the largest PNG bombs that fit in a request
+  sent to every call that takes images: normal callers see no failure, the
+  model stays SERVING at the gateway throughout (watched with Health/Watch),
+  and the family process's memory settles back near its baseline.
+
+Latency under the flood is measured by bench/hostile.py, not asserted here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import resource
+import socket
+import threading
+from collections import Counter
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+from genserve.runtime.supervisor import Supervisor
+from genserve.v1 import model_service_pb2 as pb
+from genserve.v1 import model_service_pb2_grpc, tensor_pb2
+
+from .conftest import TINY, scrape, start, start_family, wait_for
+
+BURST = 5000
+ALLOWED = {"OK", "RESOURCE_EXHAUSTED"}
+
+
+async def _burst(target: str, calls: int) -> Counter:
+    """`calls` seeded Generate calls at once on one channel; the codes seen."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+
+        async def one(i: int) -> str:
+            request = pb.GenerateRequest(model_name=TINY, num_samples=1, seed=i)
+            try:
+                await stub.Generate(request, timeout=120)
+            except grpc.aio.AioRpcError as exc:
+                return exc.code().name
+            return "OK"
+
+        return Counter(await asyncio.gather(*(one(i) for i in range(calls))))
+
+
+def _counted(metrics_url: str, method: str) -> Counter:
+    counts: Counter = Counter()
+    for (name, labels), value in scrape(metrics_url).items():
+        labels = dict(labels)
+        if name == "genserve_requests_total" and labels["method"] == method:
+            counts[labels["code"]] += int(value)
+    return counts
+
+
+def test_a_burst_of_5000_calls_is_answered_ok_or_resource_exhausted_and_counted(
+    tiny_repo, tmp_path
+):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        _, service, service_metrics = start_family(sup, tiny_repo, "--max-concurrent-rpcs", "32")
+        _, gateway, gateway_metrics = start(sup, "genserve.gateway", "--backend", service)
+        direct = asyncio.run(_burst(service, BURST))
+        assert set(direct) <= ALLOWED, direct
+        assert direct["RESOURCE_EXHAUSTED"] > 0, "the 32-call bound never refused a call"
+        assert _counted(service_metrics, "Generate") == direct
+        via_gateway = asyncio.run(_burst(gateway, BURST))
+        assert set(via_gateway) <= ALLOWED, via_gateway
+        assert _counted(gateway_metrics, "Generate") == via_gateway
+        print(f"\nburst of {BURST}: direct {dict(direct)}, via gateway {dict(via_gateway)}")
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_silent_and_idle_connections_are_closed_and_new_clients_served(tiny_repo, tmp_path):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    flood = min(1000, hard - 200)
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        family, service, _ = start_family(
+            sup, tiny_repo, "--handshake-timeout-s", "1", "--connection-idle-s", "1"
+        )
+        port = int(service.rsplit(":", 1)[1])
+        baseline = _open_fds(family.pid)
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(flood)]
+        try:
+            assert wait_for(lambda: _open_fds(family.pid) > baseline + flood // 2, timeout_s=20)
+            with grpc.insecure_channel(service) as channel:  # a new client, served meanwhile
+                stub = model_service_pb2_grpc.ModelServiceStub(channel)
+                assert stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+            # Silent ones are closed after the handshake timeout, the idle client after idle.
+            assert wait_for(lambda: _open_fds(family.pid) <= baseline + 2, timeout_s=20)
+            for sock in silent[:10]:
+                assert _read_to_close(sock), "a silent connection is still open"
+        finally:
+            for sock in silent:
+                sock.close()
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _read_to_close(sock: socket.socket) -> bool:
+    """Read what the server sent (its HTTP/2 settings) until it closes; False if it never does."""
+    sock.settimeout(5)
+    try:
+        while sock.recv(4096):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _bomb_requests() -> list[tuple[str, bytes]]:
+    """The biggest PNG bombs that fit in a 4 MiB request, for every call that takes images."""
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, format="PNG")  # 62 KB, 64 MB decoded
+    images = tensor_pb2.ImageInput(pngs=[buffer.getvalue()] * (4_000_000 // len(buffer.getvalue())))
+    return [
+        ("Encode", pb.EncodeRequest(model_name=TINY, images=images).SerializeToString()),
+        ("Reconstruct", pb.ReconstructRequest(model_name=TINY, images=images).SerializeToString()),
+    ]
+
+
+async def _attack(target: str, stop: asyncio.Event, codes: Counter) -> None:
+    options = [("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
+        bombs = [
+            (channel.unary_unary(f"/genserve.v1.ModelService/{m}"), b) for m, b in _bomb_requests()
+        ]
+        turn = 0
+        while not stop.is_set():
+            call, payload = bombs[turn % len(bombs)]
+            turn += 1
+            try:
+                await call(payload, timeout=10)
+                codes["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+
+
+async def _normal_load(target: str, calls: int, workers: int) -> tuple[Counter, set[bytes]]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        codes: Counter = Counter()
+        outputs: set[bytes] = set()
+
+        async def worker(first: int) -> None:
+            for _ in range(first, calls, workers):
+                request = pb.GenerateRequest(model_name=TINY, num_samples=1, seed=5)
+                try:
+                    response = await stub.Generate(request, timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    codes[exc.code().name] += 1
+                else:
+                    codes["OK"] += 1
+                    outputs.add(response.images.tensor.data)
+
+        await asyncio.gather(*(worker(i) for i in range(workers)))
+        return codes, outputs
+
+
+def _watch(target: str, seen: list[int], stop: threading.Event) -> None:
+    with grpc.insecure_channel(target) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=TINY), timeout=300
+        )
+        stop_watch = threading.Thread(target=lambda: (stop.wait(), stream.cancel()), daemon=True)
+        stop_watch.start()
+        try:
+            for event in stream:
+                seen.append(event.status)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise
+
+
+async def _flood(gateway: str, attackers: int, calls: int) -> tuple[Counter, set[bytes], Counter]:
+    stop, attacks = asyncio.Event(), Counter()
+    tasks = [asyncio.create_task(_attack(gateway, stop, attacks)) for _ in range(attackers)]
+    try:
+        codes, outputs = await _normal_load(gateway, calls, workers=8)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+    return codes, outputs, attacks
+
+
+def test_a_png_flood_under_load_fails_no_call_keeps_the_model_serving_and_gives_memory_back(
+    tiny_repo, tmp_path
+):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        family, service, _ = start_family(sup, tiny_repo)
+        _, gateway, _ = start(sup, "genserve.gateway", "--backend", service)
+        codes, outputs = asyncio.run(_normal_load(gateway, 400, workers=8))
+        assert codes == {"OK": 400} and len(outputs) == 1
+        baseline_mb = _rss_mb(family.pid)
+        seen: list[int] = []
+        stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(gateway, seen, stop), daemon=True)
+        watcher.start()
+        try:
+            codes, flooded, attacks = asyncio.run(_flood(gateway, attackers=4, calls=1500))
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert codes == {"OK": 1500}, codes
+        assert flooded == outputs, "a seeded call changed under the flood"
+        assert set(attacks) == {"INVALID_ARGUMENT"} and attacks.total() > 20, attacks
+        assert seen and set(seen) == {health_pb2.HealthCheckResponse.SERVING}, seen
+        peak_mb = _rss_mb(family.pid)
+        assert wait_for(lambda: _rss_mb(family.pid) < baseline_mb + 100, timeout_s=30), (
+            f"resident memory {baseline_mb:.0f} MB before the flood, {_rss_mb(family.pid):.0f} "
+            f"MB 30 s after it"
+        )
+        print(
+            f"\nPNG flood: {attacks.total()} bomb requests refused; family RSS "
+            f"{baseline_mb:.0f} MB before, {peak_mb:.0f} MB at the end, "
+            f"{_rss_mb(family.pid):.0f} MB after settling"
+        )
