@@ -4,17 +4,70 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from genserve.gateway.backends import BackendPool
-from genserve.gateway.servicer import GatewayServicer
+from genserve.gateway.backends import BackendPool, PoolConfig
+from genserve.gateway.servicer import ForwardConfig, GatewayServicer
+from genserve.runtime.limits import add_limit_flags, limits_from
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.server import ServerConfig, serve
 
 logger = logging.getLogger("genserve.gateway")
 
+_C = TypeVar("_C")
 
-def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, list[str], float, int]:
+_FLAG_HELP = {
+    "refresh_s": "health-check each backend this often",
+    "check_timeout_s": "longest one health check may take",
+    "eject_after": "failed checks, or failed calls (UNAVAILABLE, out of their try), in a row"
+    " that eject a backend",
+    "backend_keepalive_s": "ping each backend connection this often",
+    "backend_keepalive_timeout_s": "drop a backend connection whose ping is unanswered this long",
+    "reconnect_max_s": "longest wait between two reconnect attempts to a backend",
+    "connect_timeout_s": "longest one connection attempt to a backend may take",
+    "attempts": "tries of a retry-safe call",
+    "attempt_timeout_s": "longest one try of a call may take (a call's own deadline may cut it)",
+}
+"""The help of each failover flag, one per PoolConfig and ForwardConfig field."""
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway process needs."""
+
+    targets: tuple[str, ...]
+    """The family services' gRPC targets."""
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Ports and limits towards the gateway's callers."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    """Health checks, ejection, keepalive and reconnect bounds."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """Tries of a call and the time each may take."""
+
+
+def _add_failover_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per PoolConfig and ForwardConfig field, e.g. --refresh-s, with its default."""
+    group = parser.add_argument_group("failover")
+    for config in (PoolConfig(), ForwardConfig()):
+        for f in dataclasses.fields(config):
+            default = getattr(config, f.name)
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type=type(default),
+                default=default,
+                help=f"{_FLAG_HELP[f.name]} (default {default})",
+            )
+
+
+def _config_from(cls: type[_C], args: argparse.Namespace) -> _C:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The gateway's command line."""
     parser = argparse.ArgumentParser(prog="genserve-gateway", description=__doc__)
     parser.add_argument(
         "--backend",
@@ -26,29 +79,51 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, list[str], 
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--metrics-port", type=int, default=0, help="0 serves no /metrics")
     parser.add_argument("--grace-s", type=float, default=10.0)
-    parser.add_argument("--refresh-s", type=float, default=2.0, help="backend model-list refresh")
-    parser.add_argument("--attempts", type=int, default=3, help="tries of a retry-safe call")
+    _add_failover_flags(parser)
     add_logging_flags(parser)
+    add_limit_flags(parser)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> GatewayConfig:
+    """The GatewayConfig that build_parser's flags describe.
+
+    Raises:
+        ValueError: a bound is out of range.
+    """
+    return GatewayConfig(
+        targets=tuple(args.backend),
+        server=ServerConfig(
+            args.host, args.port, args.metrics_port, args.grace_s, limits_from(args)
+        ),
+        pool=_config_from(PoolConfig, args),
+        forward=_config_from(ForwardConfig, args),
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> GatewayConfig:
+    """Read the command line and set up logging; a bad value is a usage error."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging_from(parser, args)
     try:
-        server = ServerConfig(args.host, args.port, args.metrics_port, args.grace_s)
+        return config_from(args)
     except ValueError as exc:
         parser.error(str(exc))
-    return server, args.backend, args.refresh_s, args.attempts
 
 
-async def run(server: ServerConfig, targets: list[str], refresh_s: float, attempts: int) -> None:
+async def run(config: GatewayConfig) -> None:
     """Serve the gateway until SIGTERM."""
-    pool = BackendPool(targets, refresh_s=refresh_s)
+    pool = BackendPool(list(config.targets), config.pool)
 
     async def ready() -> None:
         await pool.start()
-        logger.info("routing %d models over %d backends", len(pool.model_names()), len(targets))
+        names = pool.model_names()
+        logger.info("routing %d models over %d backends", len(names), len(config.targets))
 
     await serve(
-        server,
-        GatewayServicer(pool, attempts),
+        config.server,
+        GatewayServicer(pool, config.forward, config.server.limits),
         known_models=pool.model_names,
         ready=ready,
         cleanup=pool.close,
@@ -57,7 +132,7 @@ async def run(server: ServerConfig, targets: list[str], refresh_s: float, attemp
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(run(*parse_args(argv)))
+    asyncio.run(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

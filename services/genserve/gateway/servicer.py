@@ -1,23 +1,34 @@
 """The gateway's ModelService: route by model name and forward.
 
-Deadlines pass on as the time the caller has left; cancellation passes on
-because a cancelled handler cancels its backend call; the request id and
-authorization pass on as metadata. A call that is safe to repeat (anything but
-an unseeded Generate or Complete, and GenerateStream before its first event)
-is retried on UNAVAILABLE, on another backend when there is one.
+Deadlines pass on as the time the caller has left, but one try never takes
+longer than `attempt_timeout_s`, so a call without a deadline cannot hang on a
+backend that stopped answering. Cancellation passes on because a cancelled
+handler cancels its backend call; the request id and authorization pass on as
+metadata. A call that is safe to repeat (anything but an unseeded Generate or
+Complete, and GenerateStream before its first event) is retried, on another
+backend when there is one, after UNAVAILABLE or after a try that ran out of
+its own time while the caller still has some. Both count against the backend
+(see `Backend.failed`); any other answer clears its count.
+
+Images are checked at this edge too: the PNG headers, the image count and the
+pixel bound of a request (cheap, nothing decoded) against the model's shape
+as its backend reported it, so a flood of PNG bombs is refused here and never
+crosses to a family service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import grpc
 
 from genserve.gateway.backends import Backend, BackendPool
-from genserve.runtime import metrics
+from genserve.runtime import convert, metrics
 from genserve.runtime.errors import Forwarded, InvalidArgument, NotFound, Unavailable
 from genserve.runtime.interceptors import REQUEST_ID_KEY, request_id
+from genserve.runtime.limits import Limits
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
@@ -25,6 +36,23 @@ logger = logging.getLogger(__name__)
 
 _FORWARDED_METADATA = ("authorization",)
 _RETRY_BACKOFF_S = (0.05, 0.2, 0.5)
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """How the gateway forwards one call to the backends."""
+
+    attempts: int = 3
+    """The most tries of a call that is safe to retry."""
+    attempt_timeout_s: float = 30.0
+    """The longest one try may take: a call without a deadline gets this per try,
+    one with a deadline the smaller of this and the time it has left."""
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {self.attempts}")
+        if not self.attempt_timeout_s > 0:
+            raise ValueError(f"attempt_timeout_s must be > 0, got {self.attempt_timeout_s}")
 
 
 def _safe_to_retry(method: str, request) -> bool:
@@ -38,57 +66,137 @@ def _forwarded(exc: grpc.aio.AioRpcError) -> Forwarded:
     return Forwarded(exc.code(), exc.details() or exc.code().name, exc.trailing_metadata() or ())
 
 
+def _routable(pool: BackendPool, model_name: str) -> list[Backend]:
+    """Healthy backends for the model, or the error that says why there are none."""
+    if not model_name:
+        raise InvalidArgument("model_name", "is required")
+    found = pool.route(model_name)
+    if found:
+        return found
+    if any(model_name in b.models for b in pool.backends):
+        raise Unavailable(f"every backend serving model {model_name!r} is unhealthy")
+    raise NotFound(model_name, sorted(pool.model_names()))
+
+
+def _metadata(context) -> list[tuple[str, str]]:
+    incoming = dict(context.invocation_metadata() or ())
+    metadata = [(REQUEST_ID_KEY, request_id.get())]
+    return metadata + [(k, incoming[k]) for k in _FORWARDED_METADATA if k in incoming]
+
+
+class _Tries:
+    """The tries of one forwarded call: where each goes, how long it may take,
+    and whether another follows a failure.
+
+    Args:
+        pool: the backends.
+        model_name: the model the call is for.
+        config: tries and per-try time.
+        safe: whether the call may be repeated.
+        context: the incoming call, for its deadline.
+    """
+
+    def __init__(
+        self, pool: BackendPool, model_name: str, config: ForwardConfig, *, safe: bool, context
+    ) -> None:
+        self._pool = pool
+        self._model_name = model_name
+        self._attempt_timeout_s = config.attempt_timeout_s
+        self._left = config.attempts if safe else 1
+        self._context = context
+        self._tried: list[Backend] = []
+        self._capped = False
+
+    def pick(self) -> tuple[Backend, float]:
+        """The next try's backend (one not tried yet when there is one) and timeout."""
+        found = _routable(self._pool, self._model_name)
+        backend = next((b for b in found if b not in self._tried), found[0])
+        self._tried.append(backend)
+        self._left -= 1
+        remaining = self._context.time_remaining()
+        self._capped = remaining is None or remaining > self._attempt_timeout_s
+        return backend, self._attempt_timeout_s if self._capped else remaining
+
+    def succeeded(self, backend: Backend) -> None:
+        metrics.BACKEND_REQUESTS.labels(backend=backend.target, code="OK").inc()
+        backend.answered()
+
+    async def failed(
+        self, backend: Backend, exc: grpc.aio.AioRpcError, *, may_retry: bool = True
+    ) -> None:
+        """Record a failed try; return after a short pause if another should follow, else raise.
+
+        Raises:
+            Forwarded: the backend's error, when no try follows.
+        """
+        code = exc.code()
+        metrics.BACKEND_REQUESTS.labels(backend=backend.target, code=code.name).inc()
+        blamed = self._blame(backend, code)
+        if not (blamed and may_retry and self._left > 0):
+            raise _forwarded(exc) from None
+        logger.info("retrying a call on %s from %s", code.name, backend.target)
+        pause_s = _RETRY_BACKOFF_S[min(len(self._tried), len(_RETRY_BACKOFF_S)) - 1]
+        await asyncio.sleep(pause_s)
+
+    def _blame(self, backend: Backend, code: grpc.StatusCode) -> bool:
+        """Whether the failure is the backend's, counting it for ejection if so.
+
+        A try that ran out of the caller's own time says nothing about the
+        backend; one that ran out of the gateway's per-try time does.
+        """
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if self._capped:
+                backend.failed(code)
+            return self._capped
+        if code == grpc.StatusCode.UNAVAILABLE:
+            backend.failed(code)
+            return True
+        backend.answered()
+        return False
+
+
 class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
     """ModelService that forwards every model call to a backend that serves it.
 
     Args:
         pool: the backends and what they serve.
-        attempts: the most tries of a call that is safe to retry.
+        config: tries and per-try time.
+        limits: bounds on what one request may carry.
     """
 
-    def __init__(self, pool: BackendPool, attempts: int = 3) -> None:
+    def __init__(
+        self, pool: BackendPool, config: ForwardConfig | None = None, limits: Limits | None = None
+    ) -> None:
         self._pool = pool
-        self._attempts = max(1, attempts)
+        self._config = config or ForwardConfig()
+        self._limits = limits or Limits()
 
-    def _backends(self, model_name: str) -> list[Backend]:
-        if not model_name:
-            raise InvalidArgument("model_name", "is required")
-        found = self._pool.route(model_name)
-        if found:
-            return found
-        if any(model_name in b.models for b in self._pool.backends):
-            raise Unavailable(f"every backend serving model {model_name!r} is unhealthy")
-        raise NotFound(model_name, sorted(self._pool.model_names()))
+    def _check_images(self, model_name: str, request) -> None:
+        """Refuse bad PNG headers, counts or pixels before the request is forwarded."""
+        if not request.HasField("images"):
+            return
+        serving = (b for b in self._pool.backends if b.healthy and model_name in b.models)
+        info = next((b.models[model_name] for b in serving), None)
+        if info is not None and len(info.image_shape) == 3:
+            shape = tuple(info.image_shape)
+            convert.png_headers("images", request.images, shape, info.max_num_samples, self._limits)
 
-    @staticmethod
-    def _call_options(context) -> dict:
-        incoming = dict(context.invocation_metadata() or ())
-        metadata = [(REQUEST_ID_KEY, request_id.get())]
-        metadata += [(k, incoming[k]) for k in _FORWARDED_METADATA if k in incoming]
-        return {"timeout": context.time_remaining(), "metadata": metadata}
+    def _tries(self, model_name: str, safe: bool, context) -> _Tries:
+        return _Tries(self._pool, model_name, self._config, safe=safe, context=context)
 
     async def _unary(self, method: str, model_name: str, request, context):
-        """Forward one unary call, retrying on UNAVAILABLE when that is safe."""
-        backends = self._backends(model_name)
-        attempts = self._attempts if _safe_to_retry(method, request) else 1
-        for attempt in range(attempts):
-            backend = backends[attempt % len(backends)]
+        """Forward one unary call, retrying when that is safe and may help."""
+        tries = self._tries(model_name, _safe_to_retry(method, request), context)
+        while True:
+            backend, timeout_s = tries.pick()
+            call = getattr(backend.stub, method)
             try:
-                response = await getattr(backend.stub, method)(
-                    request, **self._call_options(context)
-                )
+                response = await call(request, timeout=timeout_s, metadata=_metadata(context))
             except grpc.aio.AioRpcError as exc:
-                metrics.BACKEND_REQUESTS.labels(backend=backend.target, code=exc.code().name).inc()
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == attempts:
-                    raise _forwarded(exc) from None
-                if len(backends) > 1:
-                    self._pool.mark_failed(backend)
-                logger.info("retrying %s on UNAVAILABLE from %s", method, backend.target)
-                await asyncio.sleep(_RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)])
+                await tries.failed(backend, exc)
             else:
-                metrics.BACKEND_REQUESTS.labels(backend=backend.target, code="OK").inc()
+                tries.succeeded(backend)
                 return response
-        raise AssertionError("unreachable")
 
     async def ListModels(self, request, context):
         models = [
@@ -103,34 +211,35 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
         return await self._unary("Generate", request.model_name, request, context)
 
     async def Encode(self, request, context):
+        self._check_images(request.model_name, request)
         return await self._unary("Encode", request.model_name, request, context)
 
     async def Decode(self, request, context):
         return await self._unary("Decode", request.model_name, request, context)
 
     async def Reconstruct(self, request, context):
+        self._check_images(request.model_name, request)
         return await self._unary("Reconstruct", request.model_name, request, context)
 
     async def Complete(self, request, context):
+        self._check_images(request.model_name, request)
         return await self._unary("Complete", request.model_name, request, context)
 
     async def GenerateStream(self, request, context):
-        backends = self._backends(request.request.model_name)
-        attempts = self._attempts if _safe_to_retry("Generate", request.request) else 1
-        for attempt in range(attempts):
-            backend = backends[attempt % len(backends)]
+        inner = request.request
+        tries = self._tries(inner.model_name, _safe_to_retry("Generate", inner), context)
+        while True:
+            backend, timeout_s = tries.pick()
             sent = 0
             try:
-                call = backend.stub.GenerateStream(request, **self._call_options(context))
+                call = backend.stub.GenerateStream(
+                    request, timeout=timeout_s, metadata=_metadata(context)
+                )
                 async for event in call:
                     sent += 1
                     yield event
             except grpc.aio.AioRpcError as exc:
-                metrics.BACKEND_REQUESTS.labels(backend=backend.target, code=exc.code().name).inc()
-                retry = exc.code() == grpc.StatusCode.UNAVAILABLE and sent == 0
-                if not retry or attempt + 1 == attempts:
-                    raise _forwarded(exc) from None
-                await asyncio.sleep(_RETRY_BACKOFF_S[min(attempt, len(_RETRY_BACKOFF_S) - 1)])
+                await tries.failed(backend, exc, may_retry=sent == 0)
             else:
-                metrics.BACKEND_REQUESTS.labels(backend=backend.target, code="OK").inc()
+                tries.succeeded(backend)
                 return

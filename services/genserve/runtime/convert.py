@@ -83,20 +83,9 @@ async def images(
     and the request's pixels are bounded before anything is decoded; the
     decoding itself runs off the event loop.
     """
-    shape = model.image_shape
-    has_tensor, has_pngs = message.HasField("tensor"), len(message.pngs) > 0
-    if has_tensor == has_pngs:
-        raise InvalidArgument(field, "set exactly one of tensor and pngs")
-    if has_pngs:
-        _check_count(field, len(message.pngs), model, limits)
-        pngs = []
-        for i in range(len(message.pngs)):  # one at a time: the first bad one ends the copying
-            data = message.pngs[i]
-            try:
-                png.check_header(png.read_header(data), len(data), shape)
-            except png.PngError as exc:
-                raise InvalidArgument(f"{field}.pngs[{i}]", str(exc)) from None
-            pngs.append(data)
+    shape, cap = model.image_shape, model.config.max_num_samples
+    pngs = png_headers(field, message, shape, cap, limits)
+    if pngs:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(None, _decode_pngs, field, pngs, shape)
     array = tensor_field(f"{field}.tensor", message.tensor)
@@ -105,7 +94,7 @@ async def images(
             f"{field}.tensor.shape",
             f"must be (N, {', '.join(map(str, shape))}), got {list(array.shape)}",
         )
-    _check_count(field, array.shape[0], model, limits)
+    _check_count(field, array.shape[0], shape, cap, limits)
     if array.dtype == np.uint8:
         array = array.astype(np.float32) / 255.0
     array = finite_float32(f"{field}.tensor", array)
@@ -117,14 +106,44 @@ async def images(
     return array
 
 
-def _check_count(field: str, count: int, model: ServedModel, limits: Limits) -> None:
+def png_headers(
+    field: str, message: pb.ImageInput, shape: tuple[int, ...], cap: int, limits: Limits
+) -> list[bytes]:
+    """The request's PNGs once every header is checked; [] when it carries a tensor.
+
+    Cheap and decodes nothing, so the gateway runs it too before forwarding.
+
+    Args:
+        field: the ImageInput's field name, for errors.
+        message: the images.
+        shape: the model's (C, H, W).
+        cap: the model's max_num_samples.
+        limits: the pixel bound.
+    """
+    has_tensor, has_pngs = message.HasField("tensor"), len(message.pngs) > 0
+    if has_tensor == has_pngs:
+        raise InvalidArgument(field, "set exactly one of tensor and pngs")
+    if has_tensor:
+        return []
+    _check_count(field, len(message.pngs), shape, cap, limits)
+    pngs = []
+    for i in range(len(message.pngs)):  # one at a time: the first bad one ends the copying
+        data = message.pngs[i]
+        try:
+            png.check_header(png.read_header(data), len(data), shape)
+        except png.PngError as exc:
+            raise InvalidArgument(f"{field}.pngs[{i}]", str(exc)) from None
+        pngs.append(data)
+    return pngs
+
+
+def _check_count(field: str, count: int, shape: tuple[int, ...], cap: int, limits: Limits) -> None:
     """1 to max_num_samples images, and no more pixels than the limit."""
-    cap = model.config.max_num_samples
     if not 1 <= count <= cap:
         raise InvalidArgument(field, f"needs 1 to {cap} images, got {count}")
-    pixels = count * math.prod(model.image_shape)
+    pixels = count * math.prod(shape)
     if pixels > limits.max_image_pixels:
-        most = limits.max_image_pixels // math.prod(model.image_shape)
+        most = limits.max_image_pixels // math.prod(shape)
         raise InvalidArgument(
             field,
             f"carries {pixels} pixel values; at most {limits.max_image_pixels} ({most} images)",

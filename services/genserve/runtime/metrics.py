@@ -98,8 +98,8 @@ BACKEND_REQUESTS = Counter(
 )
 BACKEND_EJECTIONS = Counter(
     "genserve_gateway_backend_ejections_total",
-    "Times the gateway took a backend out of routing after failures in a row, by the kind"
-    " of the last one: a health check (check) or a forwarded call (call).",
+    "Times the gateway took a backend out of routing, by reason: failed health checks"
+    " (check) or failed forwarded calls in a row (call).",
     ["backend", "reason"],
 )
 

@@ -1,0 +1,169 @@
+"""How the gateway forwards a call: per-try time, retries, and what counts against a backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+import pytest
+
+from genserve.gateway.backends import BackendPool, PoolConfig
+from genserve.gateway.servicer import ForwardConfig, GatewayServicer
+from genserve.runtime.errors import Forwarded
+from genserve.v1 import model_service_pb2 as pb
+
+pytestmark = pytest.mark.unit
+
+MODEL = "vae-tiny"
+DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), code.name)
+
+
+@dataclass
+class Tries:
+    """Every try any fake backend saw, in order: (target, timeout)."""
+
+    seen: list[tuple[str, float]] = field(default_factory=list)
+
+
+class FakeStub:
+    """Serves MODEL; a try fails with the next code in `fails`, a stream after its
+    first event with the next code in `breaks`."""
+
+    def __init__(self, target: str, tries: Tries) -> None:
+        self.target = target
+        self.tries = tries
+        self.fails: list[grpc.StatusCode] = []
+        self.breaks: list[grpc.StatusCode] = []
+
+    async def ListModels(self, request, timeout: float) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(models=[pb.ModelInfo(name=MODEL)])
+
+    async def Generate(self, request, timeout: float, metadata) -> pb.GenerateResponse:
+        self._try(timeout)
+        return pb.GenerateResponse()
+
+    async def GenerateStream(self, request, timeout: float, metadata):
+        self._try(timeout)
+        yield pb.GenerateStreamResponse()
+        if self.breaks:
+            raise rpc_error(self.breaks.pop(0))
+
+    def _try(self, timeout: float) -> None:
+        self.tries.seen.append((self.target, timeout))
+        if self.fails:
+            raise rpc_error(self.fails.pop(0))
+
+
+@dataclass
+class FakeContext:
+    """An incoming call with `remaining_s` of its deadline left (None: no deadline)."""
+
+    remaining_s: float | None = None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining_s
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[BackendPool]:
+    pool = BackendPool(["127.0.0.1:1", "127.0.0.1:2"], PoolConfig(eject_after=3))
+    tries = Tries()
+    for backend in pool.backends:
+        backend.stub = FakeStub(backend.target, tries)
+    await pool.refresh()
+    yield pool
+    await pool.close()
+
+
+def seen(pool: BackendPool) -> list[tuple[str, float]]:
+    return pool.backends[0].stub.tries.seen
+
+
+def generate(seed: int | None = None) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(model_name=MODEL, num_samples=1)
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def servicer(pool: BackendPool, attempt_timeout_s: float = 30.0) -> GatewayServicer:
+    return GatewayServicer(pool, ForwardConfig(attempts=3, attempt_timeout_s=attempt_timeout_s))
+
+
+@pytest.mark.parametrize(("remaining_s", "expected_s"), [(None, 2.0), (10.0, 2.0), (0.5, 0.5)])
+async def test_a_try_takes_at_most_the_cap_or_the_time_left(pool, remaining_s, expected_s) -> None:
+    await servicer(pool, attempt_timeout_s=2.0).Generate(generate(), FakeContext(remaining_s))
+    assert [timeout for _, timeout in seen(pool)] == [expected_s]
+
+
+async def test_a_seeded_call_that_ran_out_of_its_try_goes_to_the_other_backend(pool) -> None:
+    for backend in pool.backends:
+        backend.stub.fails = [DEADLINE]
+    await servicer(pool, attempt_timeout_s=2.0).Generate(generate(seed=1), FakeContext(None))
+    first, second, third = (target for target, _ in seen(pool))
+    assert first != second and third == first  # every backend once, then round again
+    failures = {b.target: b.call_failures for b in pool.backends}
+    assert failures == {first: 0, second: 1}  # the third try's answer cleared the first's
+
+
+async def test_an_unseeded_call_is_tried_once(pool) -> None:
+    for backend in pool.backends:
+        backend.stub.fails = [UNAVAILABLE]
+    with pytest.raises(Forwarded) as raised:
+        await servicer(pool).Generate(generate(), FakeContext(None))
+    assert raised.value.code == UNAVAILABLE and len(seen(pool)) == 1
+
+
+async def test_the_callers_own_deadline_is_neither_retried_nor_held_against_a_backend(pool):
+    for backend in pool.backends:
+        backend.stub.fails = [DEADLINE]
+        backend.call_failures = 1
+    with pytest.raises(Forwarded) as raised:
+        await servicer(pool).Generate(generate(seed=1), FakeContext(0.3))
+    assert raised.value.code == DEADLINE and len(seen(pool)) == 1
+    assert [b.call_failures for b in pool.backends] == [1, 1]
+
+
+async def test_an_answer_is_not_retried_and_clears_the_backends_count(pool) -> None:
+    for backend in pool.backends:
+        backend.stub.fails = [grpc.StatusCode.INVALID_ARGUMENT]
+        backend.call_failures = 2
+    with pytest.raises(Forwarded):
+        await servicer(pool).Generate(generate(seed=1), FakeContext(None))
+    target = seen(pool)[0][0]
+    assert [b.call_failures for b in pool.backends if b.target == target] == [0]
+
+
+async def test_timeouts_in_a_row_eject_a_backend(pool) -> None:
+    slow = pool.backends[0]
+    slow.stub.fails = [DEADLINE] * 3
+    gateway = servicer(pool, attempt_timeout_s=1.0)
+    for _ in range(10):  # calls alternate between the backends; each succeeds on a retry
+        await gateway.Generate(generate(seed=1), FakeContext(None))
+        if not slow.stub.fails:
+            break
+    assert pool.route(MODEL) == [pool.backends[1]]
+
+
+async def test_a_stream_is_retried_only_before_its_first_event(pool) -> None:
+    request = pb.GenerateStreamRequest(request=generate(seed=1))
+    for backend in pool.backends:
+        backend.stub.fails = [UNAVAILABLE]
+    events = [e async for e in servicer(pool).GenerateStream(request, FakeContext(None))]
+    assert len(events) == 1 and len(seen(pool)) == 3
+    for backend in pool.backends:
+        backend.stub.breaks = [UNAVAILABLE]
+    events = []
+    with pytest.raises(Forwarded):
+        async for event in servicer(pool).GenerateStream(request, FakeContext(None)):
+            events.append(event)
+    assert len(events) == 1 and len(seen(pool)) == 4
