@@ -15,6 +15,10 @@ gateway (8 closed-loop callers) in three kinds of phase, taking turns for
   bound in each request (67): a bandwidth flood;
 - oversize-flood: the same attackers send 16 MiB requests, over the bound.
 
+Attackers are closed-loop (each sends its next request when the last is
+answered: a request flood as fast as the servers answer) unless
+`--attack-rate` paces each at a fixed number of requests per second.
+
 For every phase it reports the callers' req/s, p50 and p99, the CPU the
 family and the gateway spent per normal call (from /proc, their own
 accounting), the attack calls by status code, and the family's resident
@@ -82,13 +86,17 @@ def bombs(request_bytes: int) -> list[tuple[str, bytes]]:
 
 
 async def attack(
-    target: str, requests: list[tuple[str, bytes]], stop: asyncio.Event, codes: Counter
+    target: str, requests: list[tuple[str, bytes]], rate: float, stop: asyncio.Event, codes: Counter
 ):
+    """Send `requests` in turn until stopped: `rate` a second, or as fast as answered (0)."""
     options = [("grpc.max_send_message_length", -1)]
     async with grpc.aio.insecure_channel(target, options=options) as channel:
         calls = [(channel.unary_unary(f"/genserve.v1.ModelService/{m}"), b) for m, b in requests]
-        turn = 0
+        turn, due = 0, time.monotonic()
         while not stop.is_set():
+            if rate > 0:
+                due += 1 / rate
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
             call, payload = calls[turn % len(calls)]
             turn += 1
             try:
@@ -98,9 +106,13 @@ async def attack(
                 codes[exc.code().name] += 1
 
 
-async def phase(gateway: str, attackers: int, requests, duration_s: float) -> dict[str, Any]:
+async def phase(
+    gateway: str, attackers: int, rate: float, requests, duration_s: float
+) -> dict[str, Any]:
     stop, codes = asyncio.Event(), Counter()
-    tasks = [asyncio.create_task(attack(gateway, requests, stop, codes)) for _ in range(attackers)]
+    tasks = [
+        asyncio.create_task(attack(gateway, requests, rate, stop, codes)) for _ in range(attackers)
+    ]
     try:
         load = await run_load_async(gateway, MODEL, concurrency=8, duration_s=duration_s)
     finally:
@@ -171,7 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name in PHASES:
                 cpu = (cpu_s(family.pid), cpu_s(gateway.pid))
                 attackers = args.attackers if attacks[name] else 0
-                result = asyncio.run(phase(target, attackers, attacks[name], args.duration_s))
+                result = asyncio.run(
+                    phase(target, attackers, args.attack_rate, attacks[name], args.duration_s)
+                )
                 ok = max(1, result["load"]["ok"])
                 result["family_cpu_ms_per_call"] = 1e3 * (cpu_s(family.pid) - cpu[0]) / ok
                 result["gateway_cpu_ms_per_call"] = 1e3 * (cpu_s(gateway.pid) - cpu[1]) / ok
@@ -188,6 +202,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "code": commit_of(args.code or REPO),
         "attackers": args.attackers,
+        "attack_rate_per_attacker": args.attack_rate,
         "duration_s": args.duration_s,
         "phases": results,
         "health_seen": dict(seen),
@@ -224,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration-s", type=float, default=6.0, help="per phase")
     parser.add_argument("--attackers", type=int, default=4)
+    parser.add_argument(
+        "--attack-rate", type=float, default=0.0, help="requests/s per attacker; 0: closed loop"
+    )
     parser.add_argument("--settle-s", type=float, default=30.0, help="wait for memory to settle")
     parser.add_argument("--code", type=Path, help="run the services from this checkout")
     parser.add_argument("--json", type=Path, help="write the results here")

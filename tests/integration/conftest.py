@@ -158,3 +158,15 @@ def total(samples: dict, name: str, **labels: str) -> float:
     """Sum of a sample over every series whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(v for (n, lab), v in samples.items() if n == name and wanted <= set(lab))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the fuzz suite's calls by status code, when it ran."""
+    from .fuzzing import TALLY
+
+    if not TALLY:
+        return
+    terminalreporter.section("fuzz calls by status code")
+    for process, counts in sorted(TALLY.items()):
+        shown = ", ".join(f"{code} {n}" for code, n in counts.most_common())
+        terminalreporter.write_line(f"{process}: {counts.total()} calls: {shown}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,6 +46,9 @@ _INT_BOUNDS = {
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
 _MAX_DEPTH = 3
+
+TALLY: dict[str, Counter] = {}
+"""Process name -> fuzz calls by status code, for the run's summary."""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Over 5,000 calls in all (random bytes, mutated valid requests and
 hypothesis-built messages), discovered through reflection so services added
 later are covered. No call may answer INTERNAL or UNKNOWN; afterwards both
 processes are alive and healthy and a seeded call returns the bytes it
-returned before. The calls by status code are printed at the end of the run.
+returned before. The calls by status code are printed in the run's summary
+(tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -33,22 +34,6 @@ CALL_TIMEOUT_S = 5.0
 FORBIDDEN = {"INTERNAL", "UNKNOWN"}
 SEED = 20261130
 
-_TALLY: dict[str, Counter] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def report(request):
-    """Print the calls by status code for each process once the module is done."""
-    yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not _TALLY:
-        return
-    reporter.write_line("")
-    reporter.write_line("fuzz calls by status code:")
-    for process, counts in sorted(_TALLY.items()):
-        shown = ", ".join(f"{code} {n}" for code, n in counts.most_common())
-        reporter.write_line(f"  {process}: {sum(counts.values())} calls: {shown}")
-
 
 @pytest.fixture(scope="module", params=["gateway", "service"])
 def process(request, deployment):
@@ -67,7 +52,7 @@ def process(request, deployment):
 
 
 def _record(process: str, codes: list[str]) -> None:
-    _TALLY.setdefault(process, Counter()).update(codes)
+    fuzzing.TALLY.setdefault(process, Counter()).update(codes)
     forbidden = [c for c in codes if c in FORBIDDEN]
     assert not forbidden, f"{len(forbidden)} calls answered {sorted(set(forbidden))}"
 
@@ -133,4 +118,4 @@ def test_hypothesis_requests_are_never_internal(process):
     try:
         one_call()
     finally:
-        _TALLY.setdefault(name, Counter()).update(codes)
+        fuzzing.TALLY.setdefault(name, Counter()).update(codes)

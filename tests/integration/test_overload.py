@@ -7,6 +7,8 @@
 - Under steady load, a flood of the largest PNG bombs that fit in a request
   sent to every call that takes images: normal callers see no failure, the
   model stays SERVING at the gateway throughout (watched with Health/Watch),
+  the gateway refuses the bombs sent to it itself (none crosses to the
+  family service), the family service refuses those sent to it directly,
   and the family process's memory settles back near its baseline.
 
 Latency under the flood is measured by bench/hostile.py, not asserted here.
@@ -192,9 +194,16 @@ def _watch(target: str, seen: list[int], stop: threading.Event) -> None:
                 raise
 
 
-async def _flood(gateway: str, attackers: int, calls: int) -> tuple[Counter, set[bytes], Counter]:
-    stop, attacks = asyncio.Event(), Counter()
-    tasks = [asyncio.create_task(_attack(gateway, stop, attacks)) for _ in range(attackers)]
+async def _flood(
+    gateway: str, service: str, calls: int
+) -> tuple[Counter, set[bytes], dict[str, Counter]]:
+    """Normal calls through the gateway while two attackers flood it and two the service."""
+    stop = asyncio.Event()
+    attacks = {gateway: Counter(), service: Counter()}
+    tasks = [
+        asyncio.create_task(_attack(target, stop, attacks[target]))
+        for target in (gateway, gateway, service, service)
+    ]
     try:
         codes, outputs = await _normal_load(gateway, calls, workers=8)
     finally:
@@ -207,7 +216,7 @@ def test_a_png_flood_under_load_fails_no_call_keeps_the_model_serving_and_gives_
     tiny_repo, tmp_path
 ):
     with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
-        family, service, _ = start_family(sup, tiny_repo)
+        family, service, service_metrics = start_family(sup, tiny_repo)
         _, gateway, _ = start(sup, "genserve.gateway", "--backend", service)
         codes, outputs = asyncio.run(_normal_load(gateway, 400, workers=8))
         assert codes == {"OK": 400} and len(outputs) == 1
@@ -217,21 +226,25 @@ def test_a_png_flood_under_load_fails_no_call_keeps_the_model_serving_and_gives_
         watcher = threading.Thread(target=_watch, args=(gateway, seen, stop), daemon=True)
         watcher.start()
         try:
-            codes, flooded, attacks = asyncio.run(_flood(gateway, attackers=4, calls=1500))
+            codes, flooded, attacks = asyncio.run(_flood(gateway, service, calls=1500))
         finally:
             stop.set()
             watcher.join(10)
         assert codes == {"OK": 1500}, codes
         assert flooded == outputs, "a seeded call changed under the flood"
-        assert set(attacks) == {"INVALID_ARGUMENT"} and attacks.total() > 20, attacks
+        for target, refused in attacks.items():
+            assert set(refused) == {"INVALID_ARGUMENT"} and refused.total() > 10, (target, refused)
         assert seen and set(seen) == {health_pb2.HealthCheckResponse.SERVING}, seen
+        reached = _counted(service_metrics, "Encode") + _counted(service_metrics, "Reconstruct")
+        assert reached.total() == attacks[service].total(), "bombs crossed the gateway"
         peak_mb = _rss_mb(family.pid)
         assert wait_for(lambda: _rss_mb(family.pid) < baseline_mb + 100, timeout_s=30), (
             f"resident memory {baseline_mb:.0f} MB before the flood, {_rss_mb(family.pid):.0f} "
             f"MB 30 s after it"
         )
         print(
-            f"\nPNG flood: {attacks.total()} bomb requests refused; family RSS "
+            f"\nPNG flood: {attacks[gateway].total()} bomb requests refused by the gateway, "
+            f"{attacks[service].total()} by the family service; family RSS "
             f"{baseline_mb:.0f} MB before, {peak_mb:.0f} MB at the end, "
             f"{_rss_mb(family.pid):.0f} MB after settling"
         )
