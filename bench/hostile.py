@@ -73,15 +73,15 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def bombs(request_bytes: int) -> list[tuple[str, bytes]]:
-    """Encode and Reconstruct requests of about `request_bytes`, full of PNG bombs."""
+def bombs(request_bytes: int, model: str = MODEL) -> list[tuple[str, bytes]]:
+    """Encode and Reconstruct requests for `model` of about `request_bytes`, full of PNG bombs."""
     buffer = io.BytesIO()
     Image.new("L", (8000, 8000)).save(buffer, format="PNG")
     one = buffer.getvalue()
     images = tensor_pb2.ImageInput(pngs=[one] * max(1, (request_bytes - 4096) // len(one)))
     return [
-        ("Encode", pb.EncodeRequest(model_name=MODEL, images=images).SerializeToString()),
-        ("Reconstruct", pb.ReconstructRequest(model_name=MODEL, images=images).SerializeToString()),
+        ("Encode", pb.EncodeRequest(model_name=model, images=images).SerializeToString()),
+        ("Reconstruct", pb.ReconstructRequest(model_name=model, images=images).SerializeToString()),
     ]
 
 

@@ -90,3 +90,17 @@ def test_cli_interpolate_writes_a_strip(gateway, tmp_path: Path):
     with Image.open(out) as strip:
         width, height = strip.size
     assert width > 7 * height, "eight frames side by side"
+
+
+def test_cli_reconstructs_image_files_of_any_pillow_format(gateway, tmp_path: Path):
+    # The server takes only 8-bit greyscale or RGB PNGs; the CLI reads other files itself.
+    files = []
+    for mode, fmt in (("P", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("L", "JPEG")):
+        path = tmp_path / f"{mode.replace(';', '')}.{fmt.lower()}"
+        Image.new(mode, (28, 28)).save(path, format=fmt)
+        files.append(str(path))
+    out = tmp_path / "grid.png"
+    done = genserve(gateway, "reconstruct", "--model", "vae-fashion", "--images", *files,
+                    "-o", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.is_file()

@@ -262,10 +262,16 @@ def _labels(client: Client, args: argparse.Namespace) -> list[int] | None:
     return labels
 
 
+def _image_files(client: Client, model: str, paths: list[Path]) -> np.ndarray:
+    """The files as one batch in the model's channels, read here (any format Pillow reads)."""
+    channels = client.describe_model(model).info.image_shape[0]
+    return np.stack([image_io.read_image(path, channels) for path in paths])
+
+
 def _encode(client: Client, args: argparse.Namespace) -> int:
     if args.images:
         names = [str(path) for path in args.images]
-        result = client.encode(args.model, [path.read_bytes() for path in args.images])
+        result = client.encode(args.model, _image_files(client, args.model, args.images))
     else:
         names = list(args.texts)
         result = client.encode(args.model, texts=args.texts)
@@ -286,7 +292,7 @@ def _encode(client: Client, args: argparse.Namespace) -> int:
 
 
 def _reconstruct(client: Client, args: argparse.Namespace) -> int:
-    result = client.reconstruct(args.model, [path.read_bytes() for path in args.images])
+    result = client.reconstruct(args.model, _image_files(client, args.model, args.images))
     if result.images is None:
         raise GenserveError("the server sent no images", code=grpc.StatusCode.INTERNAL)
     _write_grid(result.images, args)
@@ -298,7 +304,7 @@ def _interpolate(client: Client, args: argparse.Namespace) -> int:
     if args.label is not None:
         args.labels, args.num_samples = args.label, 1
         label = _labels(client, args)[0]
-    images = [path.read_bytes() for path in args.images] if args.images else None
+    images = _image_files(client, args.model, args.images) if args.images else None
     frames = client.interpolate(
         args.model,
         seeds=args.seeds,

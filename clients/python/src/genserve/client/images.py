@@ -135,6 +135,32 @@ def from_png_bytes(data: bytes) -> np.ndarray:
     return pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
 
 
+def read_image(path: str | os.PathLike, channels: int) -> np.ndarray:
+    """Read an image file of any format Pillow reads as float32 (C, H, W) in [0, 1].
+
+    The server takes only 8-bit greyscale or RGB PNGs; reading files here lets
+    a caller send palette, alpha, 16-bit or JPEG files in the model's channels.
+
+    Args:
+        path: The file.
+        channels: 1 for greyscale, 3 for RGB.
+
+    Raises:
+        ImportError: Pillow is not installed.
+        ValueError: the file is not an image, or channels is not 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    pil = _pil()
+    try:
+        with pil.open(os.fspath(path)) as picture:
+            pixels = np.asarray(picture.convert("L" if channels == 1 else "RGB"), np.uint8)
+    except (OSError, pil.DecompressionBombError) as exc:
+        raise ValueError(f"{os.fspath(path)} is not a readable image: {exc}") from exc
+    pixels = pixels[:, :, None] if channels == 1 else pixels
+    return pixels.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+
+
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] (clipped) or uint8 to uint8."""
     if array.dtype == np.uint8:
