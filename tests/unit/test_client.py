@@ -225,6 +225,26 @@ def test_png_round_trip() -> None:
     np.testing.assert_allclose(back, image, atol=1 / 255)
 
 
+@pytest.mark.parametrize(
+    ("mode", "fmt", "channels"),
+    [("P", "PNG", 1), ("RGBA", "PNG", 1), ("I;16", "PNG", 1), ("L", "JPEG", 3), ("LA", "PNG", 3)],
+)
+def test_read_image_brings_any_file_to_the_models_channels(tmp_path, mode, fmt, channels) -> None:
+    from PIL import Image
+
+    path = tmp_path / f"image.{fmt.lower()}"
+    Image.new(mode, (5, 4)).save(path, format=fmt)
+    image = images.read_image(path, channels)
+    assert image.shape == (channels, 4, 5) and image.dtype == np.float32
+
+
+def test_read_image_names_an_unreadable_file(tmp_path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("not an image")
+    with pytest.raises(ValueError, match=r"notes\.png is not a readable image"):
+        images.read_image(path, 1)
+
+
 # The SDK against the fake server.
 
 
