@@ -154,6 +154,14 @@ async def test_timeouts_in_a_row_eject_a_backend(pool) -> None:
     assert pool.route(MODEL) == [pool.backends[1]]
 
 
+@pytest.mark.parametrize("remaining_s", [None, 100.0])
+async def test_a_stream_is_not_cut_by_the_per_try_time(pool, remaining_s) -> None:
+    request = pb.GenerateStreamRequest(request=generate(seed=1))
+    gateway = servicer(pool, attempt_timeout_s=2.0)
+    _ = [e async for e in gateway.GenerateStream(request, FakeContext(remaining_s))]
+    assert [timeout for _, timeout in seen(pool)] == [remaining_s]
+
+
 async def test_a_stream_is_retried_only_before_its_first_event(pool) -> None:
     request = pb.GenerateStreamRequest(request=generate(seed=1))
     for backend in pool.backends:

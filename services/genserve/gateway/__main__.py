@@ -29,7 +29,7 @@ _FLAG_HELP = {
     "reconnect_max_s": "longest wait between two reconnect attempts to a backend",
     "connect_timeout_s": "longest one connection attempt to a backend may take",
     "attempts": "tries of a retry-safe call",
-    "attempt_timeout_s": "longest one try of a call may take (a call's own deadline may cut it)",
+    "attempt_timeout_s": "longest one try of a unary call; streams are not cut by it",
 }
 """The help of each failover flag, one per PoolConfig and ForwardConfig field."""
 

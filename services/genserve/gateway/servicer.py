@@ -1,8 +1,10 @@
 """The gateway's ModelService: route by model name and forward.
 
-Deadlines pass on as the time the caller has left, but one try never takes
-longer than `attempt_timeout_s`, so a call without a deadline cannot hang on a
-backend that stopped answering. Cancellation passes on because a cancelled
+Deadlines pass on as the time the caller has left, but one try of a unary
+call never takes longer than `attempt_timeout_s`, so a call without a
+deadline cannot hang on a backend that stopped answering. A stream is not
+cut by that time (a long generation may stream for minutes); keepalive ends
+one whose backend froze. Cancellation passes on because a cancelled
 handler cancels its backend call; the request id and authorization pass on as
 metadata. A call that is safe to repeat (anything but an unseeded Generate or
 Complete, and GenerateStream before its first event) is retried, on another
@@ -45,8 +47,9 @@ class ForwardConfig:
     attempts: int = 3
     """The most tries of a call that is safe to retry."""
     attempt_timeout_s: float = 30.0
-    """The longest one try may take: a call without a deadline gets this per try,
-    one with a deadline the smaller of this and the time it has left."""
+    """The longest one try of a unary call may take: a call without a deadline gets
+    this per try, one with a deadline the smaller of this and the time it has left.
+    Streams are not cut by it."""
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -94,10 +97,19 @@ class _Tries:
         config: tries and per-try time.
         safe: whether the call may be repeated.
         context: the incoming call, for its deadline.
+        capped: whether a try is cut at the per-try time; streams are not (they
+            may run long, and keepalive ends one on a frozen backend).
     """
 
     def __init__(
-        self, pool: BackendPool, model_name: str, config: ForwardConfig, *, safe: bool, context
+        self,
+        pool: BackendPool,
+        model_name: str,
+        config: ForwardConfig,
+        *,
+        safe: bool,
+        context,
+        capped: bool = True,
     ) -> None:
         self._pool = pool
         self._model_name = model_name
@@ -105,6 +117,7 @@ class _Tries:
         self._left = config.attempts if safe else 1
         self._context = context
         self._tried: list[Backend] = []
+        self._cap = capped
         self._capped = False
 
     def pick(self) -> tuple[Backend, float]:
@@ -114,7 +127,7 @@ class _Tries:
         self._tried.append(backend)
         self._left -= 1
         remaining = self._context.time_remaining()
-        self._capped = remaining is None or remaining > self._attempt_timeout_s
+        self._capped = self._cap and (remaining is None or remaining > self._attempt_timeout_s)
         return backend, self._attempt_timeout_s if self._capped else remaining
 
     def succeeded(self, backend: Backend) -> None:
@@ -181,8 +194,10 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
             shape = tuple(info.image_shape)
             convert.png_headers("images", request.images, shape, info.max_num_samples, self._limits)
 
-    def _tries(self, model_name: str, safe: bool, context) -> _Tries:
-        return _Tries(self._pool, model_name, self._config, safe=safe, context=context)
+    def _tries(self, model_name: str, safe: bool, context, *, capped: bool = True) -> _Tries:
+        return _Tries(
+            self._pool, model_name, self._config, safe=safe, context=context, capped=capped
+        )
 
     async def _unary(self, method: str, model_name: str, request, context):
         """Forward one unary call, retrying when that is safe and may help."""
@@ -227,7 +242,8 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     async def GenerateStream(self, request, context):
         inner = request.request
-        tries = self._tries(inner.model_name, _safe_to_retry("Generate", inner), context)
+        safe = _safe_to_retry("Generate", inner)
+        tries = self._tries(inner.model_name, safe, context, capped=False)
         while True:
             backend, timeout_s = tries.pick()
             sent = 0

@@ -88,7 +88,7 @@ MODEL_LOADED = Gauge(
 )
 BACKEND_UP = Gauge(
     "genserve_gateway_backend_up",
-    "1 when the gateway's last health check of a backend succeeded.",
+    "1 while the gateway routes calls to a backend: a check passed and no ejection since.",
     ["backend"],
 )
 BACKEND_REQUESTS = Counter(
