@@ -65,9 +65,9 @@ class Load:
                     self.mismatches += not same
 
 
-def start_replica(sup: Supervisor, repo: Path, port: int, metrics_port: int):
+def start_replica(sup: Supervisor, repo: Path, port: int, metrics_port: int, run: int = 1):
     child = sup.start(
-        f"replica-{port}",
+        f"replica-{port}-{run}",
         python_module_command(
             "genserve.families", "--family", "vae", "--models", str(repo), "--port", str(port),
             "--metrics-port", str(metrics_port), "--poll-s", "0.3",
@@ -128,7 +128,7 @@ def test_swaps_drop_ins_and_dying_replicas_under_load_fail_no_call(tiny_repo, tm
             first.popen.send_signal(signal.SIGTERM)
             first.popen.wait(30)
             assert progress(load)
-            first = start_replica(sup, repo, ports[0], ports[2])
+            first = start_replica(sup, repo, ports[0], ports[2], run=2)
             assert wait_for(lambda: total(scrape(metrics[0]), "genserve_requests_total") > 50)
 
             # 4. kill -9 the other.

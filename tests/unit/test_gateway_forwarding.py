@@ -115,6 +115,14 @@ async def test_a_seeded_call_that_ran_out_of_its_try_goes_to_the_other_backend(p
     assert failures == {first: 0, second: 1}  # the third try's answer cleared the first's
 
 
+async def test_a_call_a_backend_cancelled_on_its_way_down_goes_to_the_other(pool) -> None:
+    for backend in pool.backends:
+        backend.stub.fails = [grpc.StatusCode.CANCELLED]
+    await servicer(pool).Generate(generate(seed=1), FakeContext(None))
+    targets = [target for target, _ in seen(pool)]
+    assert len(targets) == 3 and targets[0] != targets[1]
+
+
 async def test_an_unseeded_call_is_tried_once(pool) -> None:
     for backend in pool.backends:
         backend.stub.fails = [UNAVAILABLE]

@@ -8,8 +8,9 @@ one whose backend froze. Cancellation passes on because a cancelled
 handler cancels its backend call; the request id and authorization pass on as
 metadata. A call that is safe to repeat (anything but an unseeded Generate or
 Complete, and GenerateStream before its first event) is retried, on another
-backend when there is one, after UNAVAILABLE or after a try that ran out of
-its own time while the caller still has some. Both count against the backend
+backend when there is one, after UNAVAILABLE or CANCELLED from the backend
+(one shutting down) or after a try that ran out of its own time while the
+caller still has some. Both count against the backend
 (see `Backend.failed`); any other answer clears its count.
 
 Images are checked at this edge too: the PNG headers, the image count and the
@@ -38,6 +39,10 @@ logger = logging.getLogger(__name__)
 
 _FORWARDED_METADATA = ("authorization",)
 _RETRY_BACKOFF_S = (0.05, 0.2, 0.5)
+_BACKEND_GONE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+"""Codes that say the backend, not the call, failed. A CANCELLED that reaches the
+gateway while its own caller still waits was the backend's doing (it shut down
+with the call in flight): the call never finished there and may go elsewhere."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,7 @@ class _Tries:
             if self._capped:
                 backend.failed(code)
             return self._capped
-        if code == grpc.StatusCode.UNAVAILABLE:
+        if code in _BACKEND_GONE:
             backend.failed(code)
             return True
         backend.answered()
