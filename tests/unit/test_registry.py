@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from genserve.runtime.errors import Unavailable
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.repository import ModelConfig, fingerprint
+from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
+from genserve.v1 import model_service_pb2 as pb
 
 from .test_repository import write_version
 
@@ -134,3 +137,12 @@ def test_the_fingerprint_changes_with_any_file_and_not_without(tmp_path):
     (folder / "extra.onnx").write_bytes(b"")
     assert len(fingerprint(folder)) == 3
     assert fingerprint(tmp_path / "nowhere") == ()
+
+
+async def test_list_models_is_unavailable_until_the_first_scan_is_done(tmp_path, registry):
+    models, _ = registry
+    servicer = FamilyServicer(models)
+    with pytest.raises(Unavailable, match="still loading"):
+        await servicer.ListModels(pb.ListModelsRequest(), None)
+    await models.refresh()
+    assert (await servicer.ListModels(pb.ListModelsRequest(), None)).models == []

@@ -65,6 +65,11 @@ class ModelRegistry:
         self._refused: dict[Path, _Refusal] = {}
         self._loaded_once = False
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the first scan of the repository has finished."""
+        return self._loaded_once
+
     def names(self) -> list[str]:
         return sorted(self._models)
 

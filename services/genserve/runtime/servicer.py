@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from genserve.client import tensors
-from genserve.runtime import convert, metrics
+from genserve.runtime import convert, errors, metrics
 from genserve.runtime.limits import Limits
 from genserve.runtime.model import (
     COMPLETE,
@@ -93,6 +93,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._limits = limits or Limits()
 
     async def ListModels(self, request, context):
+        if not self._registry.loaded:  # an empty list would tell a gateway "serves nothing"
+            raise errors.Unavailable("models are still loading; retry shortly")
         models = [
             model_info(m)
             for m in self._registry.models()
