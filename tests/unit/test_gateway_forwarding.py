@@ -13,15 +13,9 @@ from genserve.gateway.servicer import ForwardConfig, GatewayServicer
 from genserve.runtime.errors import Forwarded
 from genserve.v1 import model_service_pb2 as pb
 
+from .test_backends import DEADLINE, MODEL, UNAVAILABLE, rpc_error
+
 pytestmark = pytest.mark.unit
-
-MODEL = "vae-tiny"
-DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
-UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
-
-
-def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), code.name)
 
 
 @dataclass
