@@ -256,3 +256,20 @@ def test_cli_bad_input_prints_one_line_and_exits_nonzero(deployment, tmp_path):
     assert done.returncode != 0
     assert "INVALID_ARGUMENT" in done.stderr and "num_samples" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_request_bigger_than_the_batch_cap_runs_in_batches_within_it(deployment, client):
+    labels = {"model": "vae-fashion", "graph": "decoder"}
+    before = scrape(deployment.service_metrics)
+    result = client.generate("vae-fashion", 256, seed=4)  # max_batch_size is 64
+    after = scrape(deployment.service_metrics)
+    assert result.images.shape == (256, 1, 28, 28)
+
+    def moved(name: str, **extra: str) -> float:
+        return total(after, name, **labels, **extra) - total(before, name, **labels, **extra)
+
+    assert moved("genserve_batch_size_sum") == 256
+    assert moved("genserve_batch_size_count") >= 4
+    assert moved("genserve_batch_size_bucket", le="64.0") == moved("genserve_batch_size_count")
+    same = client.generate("vae-fashion", 256, seed=4).images
+    assert same.tobytes() == result.images.tobytes()

@@ -102,13 +102,23 @@ async def test_the_adaptive_delay_still_waits_for_a_steady_crowd():
     await batcher.close()
 
 
-async def test_a_request_larger_than_the_batch_runs_alone():
+async def test_a_request_larger_than_the_batch_runs_in_parts_of_at_most_the_cap():
     graph = RecordingGraph()
     batcher = make(graph, max_batch_size=4, max_queue_delay_ms=1)
     big = np.arange(20, dtype=np.float32).reshape(10, 2)
     out = await batcher.submit({"x": big})
     np.testing.assert_array_equal(out["y"], 2 * big + 1)
-    assert [b.shape[0] for b in graph.batches] == [10]
+    np.testing.assert_array_equal(out["row_sum"], big.sum(axis=1, keepdims=True))
+    assert [b.shape[0] for b in graph.batches] == [4, 4, 2]
+    await batcher.close()
+
+
+async def test_a_split_request_needs_queue_room_for_every_part():
+    batcher = make(RecordingGraph(), max_batch_size=4, max_queue_size=2)
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        await batcher.submit({"x": np.zeros((9, 2), np.float32)})  # three parts
+    out = await batcher.submit({"x": np.ones((8, 2), np.float32)})  # two parts fit
+    assert out["y"].shape == (8, 2)
     await batcher.close()
 
 

@@ -6,6 +6,8 @@ first waiting request, keeps filling the batch until it holds
 arrived (or, with the adaptive delay, until as many requests have joined as
 recent batches held), concatenates the inputs along the batch axis, runs the
 graph off the event loop, and hands each caller back exactly its own rows.
+A request bigger than `max_batch_size` is split into parts of at most that
+many rows, so no session run ever exceeds the cap.
 
 A full queue refuses at once (ResourceExhausted); a request whose deadline has
 passed while it waited is dropped, not computed (DeadlineExceeded); a caller
@@ -128,6 +130,10 @@ class RequestBatcher:
     async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
         """Queue one request and wait for its own rows of the outputs.
 
+        A request of more than `max_batch_size` rows is queued as parts of at
+        most that many rows, each run in its own batch (the cap is what bounds
+        a session's memory), and their outputs are joined in order.
+
         Args:
             inputs: arrays keyed by graph input name, all with the same first
                 (batch) dimension.
@@ -137,20 +143,32 @@ class RequestBatcher:
             Arrays keyed by output name, holding this request's rows only.
 
         Raises:
-            ResourceExhausted: the queue is full.
+            ResourceExhausted: the queue has no room for the request's parts.
             DeadlineExceeded: the deadline passed before the request ran.
             Unavailable: the batcher is closed.
         """
         if self._closed:
             raise Unavailable("the server is shutting down")
-        if len(self._queue) >= self.policy.max_queue_size:
+        parts = _split(inputs, self.policy.max_batch_size)
+        if len(self._queue) + len(parts) > self.policy.max_queue_size:
             metrics.QUEUE_DROPPED.labels(**self._labels, reason="full").inc()
             raise ResourceExhausted(
                 f"{self._labels['model']}/{self._labels['graph']} queue is full "
                 f"({self.policy.max_queue_size} requests waiting); retry later"
             )
-        rows = _rows_of(inputs)
-        item = _Item(inputs, rows, deadline, asyncio.get_running_loop().create_future())
+        if len(parts) == 1:
+            return await self._enqueue(inputs, deadline)
+        runs = [asyncio.ensure_future(self._enqueue(part, deadline)) for part in parts]
+        try:
+            return _concat(await asyncio.gather(*runs))
+        except BaseException:
+            for run in runs:  # one part failed or the caller left: the rest are not wanted
+                run.cancel()
+            raise
+
+    async def _enqueue(self, inputs: Arrays, deadline: float | None) -> Arrays:
+        """Queue one part of at most max_batch_size rows and await its outputs."""
+        item = _Item(inputs, _rows_of(inputs), deadline, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._depth.set(len(self._queue))
         self._arrived.set()
@@ -276,6 +294,17 @@ def _rows_of(inputs: Arrays) -> int:
     if not sizes or len(set(sizes.values())) != 1:
         raise ValueError(f"inputs must share one batch dimension, got {sizes}")
     return next(iter(sizes.values()))
+
+
+def _split(inputs: Arrays, rows_per_part: int) -> list[Arrays]:
+    """The inputs cut along the batch axis into parts of at most rows_per_part rows."""
+    rows = _rows_of(inputs)
+    if rows <= rows_per_part:
+        return [inputs]
+    return [
+        {name: a[start : start + rows_per_part] for name, a in inputs.items()}
+        for start in range(0, rows, rows_per_part)
+    ]
 
 
 def _concat(parts: list[Arrays]) -> Arrays:
