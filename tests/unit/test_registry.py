@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -146,3 +147,49 @@ async def test_list_models_is_unavailable_until_the_first_scan_is_done(tmp_path,
         await servicer.ListModels(pb.ListModelsRequest(), None)
     await models.refresh()
     assert (await servicer.ListModels(pb.ListModelsRequest(), None)).models == []
+
+
+async def _until(predicate) -> bool:
+    """Let the event loop run other tasks until `predicate` holds (at most 100 turns)."""
+    for _ in range(100):
+        if predicate():
+            return True
+        await asyncio.sleep(0)
+    return predicate()
+
+
+async def test_a_swapped_out_version_finishes_its_calls_and_closes_after_the_last(
+    tmp_path, registry
+):
+    reg, _ = registry
+    write_version(tmp_path, "m", "1")
+    await reg.refresh()
+    async with reg.use("m", None) as first, reg.use("m", None) as second:
+        write_version(tmp_path, "m", "2")
+        assert await reg.refresh()
+        assert reg.get("m", None).config.version == "2"  # new calls get the new version
+        assert first is second and first.config.version == "1" and not first.closed
+    assert await _until(lambda: first.closed), "the old version was never closed"
+    async with reg.use("m", None) as third:
+        assert third.config.version == "2" and not third.closed
+
+
+async def test_an_idle_version_is_closed_at_the_swap(tmp_path, registry):
+    reg, _ = registry
+    write_version(tmp_path, "m", "1")
+    await reg.refresh()
+    old = reg.get("m", None)
+    write_version(tmp_path, "m", "2")
+    assert await reg.refresh()
+    assert old.closed
+
+
+async def test_closing_the_registry_closes_a_version_still_draining(tmp_path, registry):
+    reg, _ = registry
+    write_version(tmp_path, "m", "1")
+    await reg.refresh()
+    async with reg.use("m", None) as old:
+        write_version(tmp_path, "m", "2")
+        await reg.refresh()
+        await reg.close()
+        assert old.closed and reg.get("m", None).closed

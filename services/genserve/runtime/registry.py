@@ -1,8 +1,10 @@
 """The models one process serves, loaded from the repository and kept fresh.
 
 Each model is served at its newest version that loads. A poll looks for new
-version folders: a new one is loaded beside the old, swapped in when ready,
-and the old one drained; one that fails to load is refused with one log line
+version folders: a new one is loaded beside the old and swapped in when
+ready. Calls (and streams) hold the version they started on (`use`): new
+calls go to the new version, and the old one is closed when its last call
+ends, so a swap fails no call. A version that fails to load is refused with one log line
 and the previous version keeps serving. A refused version is not tried again
 while its folder is unchanged (no reload storm); once its files have changed
 and then held still for one poll, it is tried again, so a version copied in
@@ -13,9 +15,11 @@ every poll.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +68,11 @@ class ModelRegistry:
         self._models: dict[str, ServedModel] = {}
         self._refused: dict[Path, _Refusal] = {}
         self._loaded_once = False
+        self._calls: collections.Counter[ServedModel] = collections.Counter()
+        """Calls running on each model version."""
+        self._drained: dict[ServedModel, asyncio.Event] = {}
+        """Swapped-out versions still running calls: set when their last call ends."""
+        self._retiring: set[asyncio.Task] = set()
 
     @property
     def loaded(self) -> bool:
@@ -95,6 +104,24 @@ class ModelRegistry:
             raise errors.Unimplemented(name, model.family, call, list(model.calls))
         return model
 
+    @contextlib.asynccontextmanager
+    async def use(self, name: str, call: str | None) -> AsyncIterator[ServedModel]:
+        """The model serving `name` (see `get`), held for one call or stream.
+
+        A version swapped out while the call runs stays open until the call
+        ends, and is closed after the last one.
+        """
+        model = self.get(name, call)
+        self._calls[model] += 1
+        try:
+            yield model
+        finally:
+            self._calls[model] -= 1
+            if not self._calls[model]:
+                del self._calls[model]
+                if model in self._drained:
+                    self._drained[model].set()
+
     async def refresh(self) -> bool:
         """Load whatever is newer than what is served; True if anything changed."""
         changed = False
@@ -120,7 +147,7 @@ class ModelRegistry:
                         current.config.version,
                     )
                     metrics.MODEL_LOADED.labels(model=name, version=current.config.version).set(0)
-                    await current.close()
+                    await self._retire(current)
                 break
         self._loaded_once = True
         return changed
@@ -184,7 +211,33 @@ class ModelRegistry:
             except Exception:
                 logger.exception("model repository poll failed")
 
+    async def _retire(self, model: ServedModel) -> None:
+        """Close a swapped-out version now, or after its last running call."""
+        if not self._calls[model]:
+            await model.close()
+            return
+        drained = self._drained[model] = asyncio.Event()
+        logger.info(
+            "model %s version %s closes after its %d running calls",
+            model.config.name,
+            model.config.version,
+            self._calls[model],
+        )
+
+        async def close_when_drained() -> None:
+            await drained.wait()
+            del self._drained[model]
+            await model.close()
+            logger.info("model %s version %s closed", model.config.name, model.config.version)
+
+        task = asyncio.create_task(close_when_drained())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
     async def close(self) -> None:
-        """Drain and stop every model."""
+        """Drain and stop every model, swapped-out versions still draining included."""
+        for drained in self._drained.values():
+            drained.set()  # the server has stopped: no call is left to wait for
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for model in self._models.values():
             await model.close()

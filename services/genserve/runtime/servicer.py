@@ -7,6 +7,7 @@ error interceptor maps them to status codes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 
@@ -80,6 +81,39 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return deadline_from(context.time_remaining())
 
 
+def _holding(call: str | None):
+    """Run a unary method with the model its request names held for the whole call.
+
+    The method receives the model first; a version swapped out meanwhile is
+    closed only after the call ends (`ModelRegistry.use`).
+    """
+
+    def wrap(method):
+        @functools.wraps(method)
+        async def unary(self, request, context):
+            async with self._registry.use(request.model_name, call) as model:
+                return await method(self, model, request, context)
+
+        return unary
+
+    return wrap
+
+
+def _holding_stream(call: str):
+    """`_holding` for a server-streaming method: the model is held until the stream ends."""
+
+    def wrap(method):
+        @functools.wraps(method)
+        async def stream(self, request, context):
+            async with self._registry.use(request.request.model_name, call) as model:
+                async for event in method(self, model, request, context):
+                    yield event
+
+        return stream
+
+    return wrap
+
+
 class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
     """ModelService over the models of one family process.
 
@@ -102,24 +136,24 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         ]
         return pb.ListModelsResponse(models=models)
 
-    async def DescribeModel(self, request, context):
-        model = self._registry.get(request.model_name, call=None)
+    @_holding(None)
+    async def DescribeModel(self, model, request, context):
         return pb.DescribeModelResponse(
             info=model_info(model),
             graphs=_graph_signatures(model),
             config_json=json.dumps(model.config.raw, sort_keys=True),
         )
 
-    async def Generate(self, request, context):
-        model = self._registry.get(request.model_name, GENERATE)
+    @_holding(GENERATE)
+    async def Generate(self, model, request, context):
         convert.check_output_format(request.output_format)
         params = convert.generate_params(request, model, _deadline(context))
         output = await model.generate(params)
         return await self._generate_response(model, params.seed, output, request.output_format)
 
-    async def GenerateStream(self, request, context):
+    @_holding_stream(GENERATE_STREAM)
+    async def GenerateStream(self, model, request, context):
         inner = request.request
-        model = self._registry.get(inner.model_name, GENERATE_STREAM)
         convert.check_output_format(inner.output_format)
         if request.preview_every_steps < 0:
             raise convert.InvalidArgument(
@@ -160,8 +194,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.texts))
         return response
 
-    async def Encode(self, request, context):
-        model = self._registry.get(request.model_name, ENCODE)
+    @_holding(ENCODE)
+    async def Encode(self, model, request, context):
         has_images = request.HasField("images")
         if has_images == bool(request.texts):
             raise convert.InvalidArgument("images", "set exactly one of images and texts")
@@ -184,8 +218,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             response.log_variance.CopyFrom(tensors.from_numpy(encoding.log_variance))
         return response
 
-    async def Decode(self, request, context):
-        model = self._registry.get(request.model_name, DECODE)
+    @_holding(DECODE)
+    async def Decode(self, model, request, context):
         convert.check_output_format(request.output_format)
         if not request.HasField("latents"):
             raise convert.InvalidArgument("latents", "is required")
@@ -197,8 +231,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             images=await convert.images_out(output.images, request.output_format),
         )
 
-    async def Reconstruct(self, request, context):
-        model = self._registry.get(request.model_name, RECONSTRUCT)
+    @_holding(RECONSTRUCT)
+    async def Reconstruct(self, model, request, context):
         convert.check_output_format(request.output_format)
         if not request.HasField("images"):
             raise convert.InvalidArgument("images", "is required")
@@ -210,8 +244,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             images=await convert.images_out(output.images, request.output_format),
         )
 
-    async def Complete(self, request, context):
-        model = self._registry.get(request.model_name, COMPLETE)
+    @_holding(COMPLETE)
+    async def Complete(self, model, request, context):
         convert.check_output_format(request.output_format)
         images = await convert.images("images", request.images, model, self._limits)
         mask = convert.finite_float32("mask", convert.tensor_field("mask", request.mask))
