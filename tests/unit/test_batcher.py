@@ -1,4 +1,9 @@
-"""The request batcher: merging, bounds, deadlines, cancellation, routing."""
+"""The request batcher: merging, bounds, deadlines, cancellation, routing.
+
+No test bets on wall-clock timing: a test waits for a state (the graph was
+entered, the queue holds N, the clock passed a deadline) and holds the graph
+with a gate, never for "long enough".
+"""
 
 from __future__ import annotations
 
@@ -22,14 +27,38 @@ class RecordingGraph:
         self.batches: list[np.ndarray] = []
         self.delay_s = delay_s
         self.gate = gate
+        self.entered = threading.Event()
+        """Set once a batch is running (and, with a gate, held at it)."""
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
         time.sleep(self.delay_s)
         x = inputs["x"]
         self.batches.append(x.copy())
         return {"y": 2 * x + 1, "row_sum": x.sum(axis=1, keepdims=True)}
+
+
+async def until(predicate, turns: int = 10_000) -> None:
+    """Let the loop's other tasks run until `predicate` holds."""
+    for _ in range(turns):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the awaited state was never reached")
+
+
+async def turns(count: int = 50) -> None:
+    """Let the loop's other tasks take `count` turns: enough for the worker to take
+    what was queued. Turns, not seconds: the order is deterministic."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def entered(graph: RecordingGraph) -> None:
+    """Wait until the graph is running a batch."""
+    assert await asyncio.to_thread(graph.entered.wait, 10), "no batch ever ran"
 
 
 def make(graph, **policy) -> RequestBatcher:
@@ -72,33 +101,52 @@ async def test_with_a_fixed_delay_a_lone_request_waits_the_delay_out():
     batcher = make(graph, max_batch_size=64, max_queue_delay_ms=50, adaptive_delay=False)
     started = time.monotonic()
     await batcher.submit({"x": np.ones((1, 2), np.float32)})
-    elapsed = time.monotonic() - started
-    assert 0.045 <= elapsed < 1.0
+    assert time.monotonic() - started >= 0.045  # a timer never fires early
     await batcher.close()
 
 
 async def test_with_the_adaptive_delay_a_lone_caller_never_waits():
     graph = RecordingGraph()
-    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=300)
-    started = time.monotonic()
-    for i in range(5):
-        await batcher.submit({"x": np.full((1, 2), i, np.float32)})
-    assert time.monotonic() - started < 0.25, "sequential calls paid the queue delay"
+    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=600_000)  # ten minutes
+
+    async def five_calls() -> None:
+        for i in range(5):
+            await batcher.submit({"x": np.full((1, 2), i, np.float32)})
+
+    await asyncio.wait_for(five_calls(), 60)  # would hang on the ten-minute delay
+    assert [b.shape[0] for b in graph.batches] == [1] * 5
     await batcher.close()
 
 
-async def test_the_adaptive_delay_still_waits_for_a_steady_crowd():
-    graph = RecordingGraph(delay_s=0.002)
-    batcher = make(graph, max_batch_size=64, max_queue_delay_ms=20)
+async def _staggered_round(batcher: RequestBatcher, callers: int) -> None:
+    """One request, then (once the worker has taken it) the others, a turn apart."""
+    first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
+    await turns()
+    assert batcher.queue_depth == 0
+    rest = []
+    for i in range(1, callers):
+        rest.append(asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i, np.float32)})))
+        await asyncio.sleep(0)
+    await asyncio.wait_for(asyncio.gather(first, *rest), 60)
 
-    async def caller(i: int) -> None:
-        for _ in range(30):
-            await asyncio.sleep(0.001 * (i % 3))  # arrivals spread over a few ms
-            await batcher.submit({"x": np.full((1, 1), i, np.float32)})
 
-    await asyncio.gather(*(caller(i) for i in range(8)))
-    late = [b.shape[0] for b in graph.batches[len(graph.batches) // 2 :]]
-    assert sum(late) / len(late) >= 6, f"8 steady callers formed batches of {late}"
+async def test_the_adaptive_delay_waits_for_a_steady_crowd_and_not_for_a_lone_caller():
+    # Eight callers arriving one at a time: a batcher that has seen nobody runs the
+    # first alone; one that has seen batches of eight waits for all eight.
+    fresh = RecordingGraph()
+    batcher = make(fresh, max_batch_size=64, max_queue_delay_ms=600_000)
+    await _staggered_round(batcher, callers=8)
+    assert fresh.batches[0].shape[0] == 1
+    await batcher.close()
+
+    crowded = RecordingGraph()
+    batcher = make(crowded, max_batch_size=64, max_queue_delay_ms=600_000)
+    for _ in range(20):  # eight at once, twenty times: recent batches held eight
+        await asyncio.gather(
+            *(batcher.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(8))
+        )
+    await _staggered_round(batcher, callers=8)
+    assert crowded.batches[-1].shape[0] == 8
     await batcher.close()
 
 
@@ -127,16 +175,15 @@ async def test_full_queue_refuses_at_once_and_keeps_serving():
     graph = RecordingGraph(gate=gate)
     batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=3)
     first = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
-    await asyncio.sleep(0.05)  # the first is now running, held at the gate
+    await entered(graph)  # the first is now running, held at the gate
     waiting = [
         asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), i, np.float32)}))
         for i in range(3)
     ]
-    await asyncio.sleep(0.01)
-    started = time.monotonic()
+    await until(lambda: batcher.queue_depth == 3)
     with pytest.raises(ResourceExhausted, match="queue is full"):
-        await batcher.submit({"x": np.zeros((1, 1), np.float32)})
-    assert time.monotonic() - started < 0.5  # refused, not queued behind the gate
+        # Refused at once: queued behind the closed gate, it would never return.
+        await asyncio.wait_for(batcher.submit({"x": np.zeros((1, 1), np.float32)}), 30)
     gate.set()
     await first
     results = await asyncio.gather(*waiting)
@@ -149,12 +196,15 @@ async def test_a_request_whose_deadline_passes_in_the_queue_is_never_computed():
     graph = RecordingGraph(gate=gate)
     batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0)
     blocker = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
-    await asyncio.sleep(0.05)
+    await entered(graph)
+    deadline = time.monotonic() + 0.05
     doomed = asyncio.ensure_future(
-        batcher.submit({"x": np.full((1, 1), 7, np.float32)}, deadline=time.monotonic() + 0.05)
+        batcher.submit({"x": np.full((1, 1), 7, np.float32)}, deadline=deadline)
     )
     alive = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 8, np.float32)}))
-    await asyncio.sleep(0.1)
+    await until(lambda: batcher.queue_depth == 2)
+    while time.monotonic() < deadline:  # wait for the clock to pass the deadline
+        await asyncio.sleep(0.01)
     gate.set()
     await blocker
     with pytest.raises(DeadlineExceeded):
@@ -170,13 +220,11 @@ async def test_a_cancelled_request_is_removed_from_the_queue():
     graph = RecordingGraph(gate=gate)
     batcher = make(graph, max_batch_size=1, max_queue_delay_ms=0)
     blocker = asyncio.ensure_future(batcher.submit({"x": np.zeros((1, 1), np.float32)}))
-    await asyncio.sleep(0.05)
+    await entered(graph)
     leaving = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 5, np.float32)}))
-    await asyncio.sleep(0.01)
-    assert batcher.queue_depth == 1
+    await until(lambda: batcher.queue_depth == 1)
     leaving.cancel()
-    await asyncio.sleep(0.01)
-    assert batcher.queue_depth == 0
+    await until(lambda: batcher.queue_depth == 0)
     gate.set()
     await blocker
     await batcher.submit({"x": np.ones((1, 1), np.float32)})
@@ -233,7 +281,8 @@ async def test_a_caller_who_leaves_while_its_batch_fills_is_not_computed():
     graph = RecordingGraph()
     batcher = make(graph, max_batch_size=8, max_queue_delay_ms=200, adaptive_delay=False)
     leaving = asyncio.ensure_future(batcher.submit({"x": np.full((1, 1), 4, np.float32)}))
-    await asyncio.sleep(0.05)  # the worker holds it as the head of a filling batch
+    await turns()  # the worker holds it as the head of a filling batch
+    assert batcher.queue_depth == 0 and not leaving.done()
     leaving.cancel()
     staying = await batcher.submit({"x": np.full((1, 1), 6, np.float32)})
     assert float(staying["y"][0, 0]) == 13.0
