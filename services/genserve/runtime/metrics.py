@@ -70,6 +70,40 @@ QUEUE_DROPPED = Counter(
     "Queued requests dropped before running, by reason (deadline, cancelled, full).",
     ["model", "graph", "reason"],
 )
+STEP_DURATION = Histogram(
+    "genserve_step_duration_seconds",
+    "Time of one batched step of an iterative sampler (one session call or a few).",
+    ["model", "sampler"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+STEP_BATCH_SIZE = Histogram(
+    "genserve_step_batch_size",
+    "Sequences in one batched step of an iterative sampler.",
+    ["model", "sampler"],
+    buckets=_BATCH_BUCKETS,
+)
+SEQUENCES_WAITING = Gauge(
+    "genserve_sequences_waiting",
+    "Sequences of an iterative sampler waiting for a running slot.",
+    ["model", "sampler"],
+)
+SEQUENCES_RUNNING = Gauge(
+    "genserve_sequences_running",
+    "Sequences of an iterative sampler holding a running slot.",
+    ["model", "sampler"],
+)
+TIME_TO_FIRST_STEP = Histogram(
+    "genserve_time_to_first_step_seconds",
+    "Time from a sequence's arrival to the end of its first step (its first event).",
+    ["model", "sampler"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+STEPS_PER_SEQUENCE = Histogram(
+    "genserve_steps_per_sequence",
+    "Steps a finished sequence took part in.",
+    ["model", "sampler"],
+    buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+)
 SAMPLES_GENERATED = Counter(
     "genserve_samples_generated_total",
     "Samples (images or texts) returned by Generate and GenerateStream.",

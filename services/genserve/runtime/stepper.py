@@ -1,0 +1,172 @@
+"""The step worker: drives a StepScheduler with one batched step after another.
+
+`StepWorker.run(state)` adds a sequence and yields it after every step it
+takes, until it finishes; the caller reads its advanced state (progress,
+previews, the result). One background task loops while anything is
+unfinished: ask the scheduler for the next batch, run the sampler's `step`
+over it off the event loop, tell the scheduler which sequences finished, and
+wake each sequence's caller. A caller that goes away aborts its sequence,
+which leaves at the next step; one whose deadline passes gets
+DEADLINE_EXCEEDED at the next step. A failing step fails only the sequences
+of that step.
+
+The `step` callable is the sampler's: it reads and writes each sequence's
+state in place (per-slot buffers; on CUDA, OrtValues bound to the device)
+and returns, per sequence, whether it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from genserve.runtime import metrics
+from genserve.runtime.errors import Cancelled, GenserveError, Unavailable
+from genserve.runtime.scheduler import (
+    Leave,
+    Priority,
+    Sequence,
+    StepPolicy,
+    StepScheduler,
+    deadline_error,
+)
+
+logger = logging.getLogger(__name__)
+
+Step = Callable[[list[Sequence]], list[bool]]
+"""Runs one batched step over the sequences (in an executor); returns which are done."""
+
+_STEPPED = object()
+"""What a sequence's caller is woken with after a step it took."""
+
+
+class StepWorker:
+    """One sampler's scheduler and the task that runs its steps.
+
+    Args:
+        step: the sampler's batched step.
+        policy: slots and waiting-queue bound.
+        model: the model's name, for metrics.
+        sampler: the sampler's name, for metrics.
+        executor: where `step` runs; None uses the loop's default executor.
+        clock: the time deadlines are compared with.
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        policy: StepPolicy,
+        *,
+        model: str,
+        sampler: str,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._step = step
+        self.scheduler = StepScheduler(policy, clock)
+        self._labels = {"model": model, "sampler": sampler}
+        self._executor = executor
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._inboxes: dict[Sequence, asyncio.Queue] = {}
+
+    def start(self) -> None:
+        """Start the step loop; call from a running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._work())
+
+    async def close(self) -> None:
+        """Refuse new sequences, let the running and waiting ones finish, stop."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(
+        self,
+        state: Any,
+        *,
+        priority: Priority = Priority.NORMAL,
+        deadline: float | None = None,
+    ) -> AsyncIterator[Sequence]:
+        """Add a sequence; yield it after every step it takes, the last time finished.
+
+        Raises:
+            ResourceExhausted: the waiting queue is full.
+            DeadlineExceeded: the deadline passed before it finished.
+            Unavailable: the worker is closed.
+        """
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        seq = Sequence(state=state, priority=priority, deadline=deadline)
+        self.scheduler.add(seq)
+        inbox = self._inboxes[seq] = asyncio.Queue()
+        self._gauges()
+        self._wake.set()
+        added = self._clock()
+        try:
+            while True:
+                news = await inbox.get()
+                if news is not _STEPPED:
+                    raise news
+                if seq.steps == 1:
+                    metrics.TIME_TO_FIRST_STEP.labels(**self._labels).observe(self._clock() - added)
+                yield seq
+                if seq.left is Leave.FINISHED:
+                    metrics.STEPS_PER_SEQUENCE.labels(**self._labels).observe(seq.steps)
+                    return
+        finally:
+            if seq.left is None:  # the caller went away (cancelled, or stopped reading)
+                self.scheduler.abort(seq)
+                self._wake.set()
+            self._inboxes.pop(seq, None)
+
+    async def _work(self) -> None:
+        while not (self._closed and not self.scheduler.has_unfinished()):
+            if not self.scheduler.has_unfinished():
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, left = self.scheduler.schedule()
+            for seq in left:
+                reason = deadline_error(seq) if seq.left is Leave.DEADLINE else Cancelled("gone")
+                self._tell(seq, reason)
+            self._gauges()
+            if batch:
+                await self._run(batch)
+
+    async def _run(self, batch: list[Sequence]) -> None:
+        """One batched step; every sequence of it is told, finished or not."""
+        started = time.monotonic()
+        metrics.STEP_BATCH_SIZE.labels(**self._labels).observe(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            finished = await loop.run_in_executor(self._executor, self._step, batch)
+        except Exception as exc:  # fails the sequences of this step only
+            if not isinstance(exc, GenserveError):
+                logger.exception("a step of %d sequences failed on %s", len(batch), self._labels)
+            for seq in batch:
+                self.scheduler.abort(seq)
+                self._tell(seq, exc)
+            return
+        finally:
+            metrics.STEP_DURATION.labels(**self._labels).observe(time.monotonic() - started)
+        self.scheduler.update(batch, finished)
+        for seq in batch:
+            self._tell(seq, _STEPPED)
+
+    def _tell(self, seq: Sequence, news: object) -> None:
+        inbox = self._inboxes.get(seq)
+        if inbox is not None:
+            inbox.put_nowait(news)
+
+    def _gauges(self) -> None:
+        metrics.SEQUENCES_WAITING.labels(**self._labels).set(self.scheduler.num_waiting)
+        metrics.SEQUENCES_RUNNING.labels(**self._labels).set(self.scheduler.num_running)

@@ -1,0 +1,146 @@
+"""The step worker: sequences of different lengths share steps, join mid-way, leave.
+
+The fake sampler counts a value down by one per step; a gate holds a step
+where a test needs the worker caught mid-way. Tests wait on states, never on
+the clock (the one deadline test injects its clock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass
+
+import pytest
+
+from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted
+from genserve.runtime.scheduler import Sequence, StepPolicy
+from genserve.runtime.stepper import StepWorker
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class Countdown:
+    """A sequence's state: steps left, and a running total that depends only on itself."""
+
+    left: int
+    total: int = 0
+
+
+class FakeSampler:
+    """Decrements every sequence's count; records each step's batch; a gate can hold a step."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.fail_next = False
+
+    def __call__(self, batch: list[Sequence]) -> list[bool]:
+        self.entered.set()
+        assert self.gate.wait(10)
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom")
+        self.steps.append([s.state.left for s in batch])
+        for s in batch:
+            s.state.total += s.state.left
+            s.state.left -= 1
+        return [s.state.left == 0 for s in batch]
+
+
+async def collect(worker: StepWorker, steps: int, **options) -> tuple[Countdown, int]:
+    """Run one sequence to its end: its final state and how many events it yielded."""
+    events = 0
+    async for seq in worker.run(Countdown(steps), **options):
+        events += 1
+        state = seq.state
+    return state, events
+
+
+@pytest.fixture
+async def sampler_and_worker():
+    sampler = FakeSampler()
+    worker = StepWorker(sampler, StepPolicy(max_running=4, max_waiting=8), model="m", sampler="s")
+    worker.start()
+    yield sampler, worker
+    sampler.gate.set()
+    await worker.close()
+
+
+async def test_sequences_of_different_lengths_share_steps_and_get_their_own_results(
+    sampler_and_worker,
+):
+    sampler, worker = sampler_and_worker
+    results = await asyncio.gather(*(collect(worker, n) for n in (3, 5, 1)))
+    assert [r[0].total for r in results] == [6, 15, 1]  # 3+2+1, 5+..+1, 1: as if alone
+    assert [r[1] for r in results] == [3, 5, 1]  # one event per step
+    assert max(len(step) for step in sampler.steps) == 3  # they ran together
+    assert len(sampler.steps) == 5  # the longest set the number of steps
+
+
+async def test_a_sequence_added_mid_way_joins_the_next_step(sampler_and_worker):
+    sampler, worker = sampler_and_worker
+    sampler.gate.clear()
+    long = asyncio.ensure_future(collect(worker, 6))
+    assert await asyncio.to_thread(sampler.entered.wait, 10)  # the long one's first step
+    late = asyncio.ensure_future(collect(worker, 2))
+    while worker.scheduler.num_waiting == 0:
+        await asyncio.sleep(0)
+    sampler.gate.set()
+    (long_state, _), (late_state, _) = await asyncio.gather(long, late)
+    assert sampler.steps[:3] == [[6], [5, 2], [4, 1]]  # joined at the second step
+    assert (long_state.total, late_state.total) == (21, 3)
+
+
+async def test_a_caller_that_goes_away_frees_its_slot(sampler_and_worker):
+    _, worker = sampler_and_worker
+    stream = worker.run(Countdown(100))
+    first = await anext(stream)
+    assert first.steps == 1
+    await stream.aclose()  # the caller stopped reading
+    state, _ = await collect(worker, 2)
+    assert state.total == 3
+    assert worker.scheduler.num_running == 0 and first.aborted
+
+
+async def test_a_full_waiting_queue_refuses_at_once():
+    sampler = FakeSampler()
+    sampler.gate.clear()
+    worker = StepWorker(sampler, StepPolicy(max_running=1, max_waiting=1), model="m", sampler="s")
+    worker.start()
+    running = asyncio.ensure_future(collect(worker, 1))
+    assert await asyncio.to_thread(sampler.entered.wait, 10)
+    waiting = asyncio.ensure_future(collect(worker, 1))
+    while worker.scheduler.num_waiting == 0:
+        await asyncio.sleep(0)
+    with pytest.raises(ResourceExhausted):
+        await anext(worker.run(Countdown(1)))
+    sampler.gate.set()
+    assert (await running)[0].total == 1 and (await waiting)[0].total == 1
+    await worker.close()
+
+
+async def test_a_passed_deadline_ends_the_sequence_at_the_next_step():
+    now = [0.0]
+    sampler = FakeSampler()
+    worker = StepWorker(sampler, StepPolicy(), model="m", sampler="s", clock=lambda: now[0])
+    worker.start()
+    stream = worker.run(Countdown(100), deadline=5.0)
+    await anext(stream)
+    now[0] = 5.0
+    with pytest.raises(DeadlineExceeded, match="after"):
+        async for _ in stream:
+            pass
+    await worker.close()
+
+
+async def test_a_failing_step_fails_its_sequences_and_the_worker_goes_on(sampler_and_worker):
+    sampler, worker = sampler_and_worker
+    sampler.fail_next = True
+    with pytest.raises(RuntimeError, match="boom"):
+        await collect(worker, 3)
+    state, _ = await collect(worker, 2)
+    assert state.total == 3
