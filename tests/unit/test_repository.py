@@ -14,6 +14,7 @@ from genserve.runtime.repository import (
     scan,
     sha256_of,
 )
+from genserve.runtime.scheduler import StepPolicy
 
 
 def write_version(root: Path, model="m", version="1", family="vae", **overrides) -> Path:
@@ -44,6 +45,12 @@ def test_a_good_version_loads_with_its_policy_and_signature(tmp_path):
     assert (config.name, config.family, config.version) == ("m", "vae", "1")
     assert config.batching.max_batch_size == 8
     assert config.graphs["decoder"].inputs[0].shape == (-1, 4)
+    assert config.stepping == StepPolicy()  # no stepping section: the defaults
+
+
+def test_the_stepping_section_is_a_typed_step_policy(tmp_path):
+    folder = write_version(tmp_path, stepping={"max_running": 8, "max_waiting": 40})
+    assert load_config(folder).stepping == StepPolicy(max_running=8, max_waiting=40)
 
 
 @pytest.mark.parametrize(
@@ -53,6 +60,8 @@ def test_a_good_version_loads_with_its_policy_and_signature(tmp_path):
         ({"name": "other"}, "differs from its folder"),
         ({"batching": {"max_batch_size": 0}}, "max_batch_size must be >= 1, got 0"),
         ({"batching": {"max_batch_sise": 4}}, "batching"),
+        ({"stepping": {"max_running": 0}}, "stepping: max_running must be >= 1, got 0"),
+        ({"stepping": [8]}, "stepping: must be an object, got [8]"),
         ({"max_num_samples": 0}, "max_num_samples: must be >= 1, got 0"),
         ({"graphs": {"decoder": {"file": "missing.onnx"}}}, "'missing.onnx' does not exist"),
         (

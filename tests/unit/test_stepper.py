@@ -13,9 +13,14 @@ from dataclasses import dataclass
 
 import pytest
 
-from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted
+from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from genserve.runtime.model import LoadContext, ServedModel
+from genserve.runtime.repository import load_config
 from genserve.runtime.scheduler import Sequence, StepPolicy
+from genserve.runtime.session import SessionOptions
 from genserve.runtime.stepper import StepWorker
+
+from .test_repository import write_version
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +149,17 @@ async def test_a_failing_step_fails_its_sequences_and_the_worker_goes_on(sampler
         await collect(worker, 3)
     state, _ = await collect(worker, 2)
     assert state.total == 3
+
+
+async def test_a_served_model_builds_starts_and_closes_its_step_workers(tmp_path):
+    config = load_config(write_version(tmp_path, stepping={"max_running": 2, "max_waiting": 9}))
+    context = LoadContext(SessionOptions(), stepping_overrides={"max_waiting": 3})
+    model = ServedModel(config, context)
+    worker = model.stepped("countdown", FakeSampler())
+    assert worker.scheduler.policy == StepPolicy(max_running=2, max_waiting=3)
+    await model.start()
+    state, events = await collect(worker, 3)
+    assert (state.total, events) == (6, 3)
+    await model.close()
+    with pytest.raises(Unavailable):
+        await anext(worker.run(Countdown(1)))

@@ -16,6 +16,7 @@ from genserve.runtime.limits import add_limit_flags, limits_from
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
+from genserve.runtime.scheduler import StepPolicy
 from genserve.runtime.server import ServerConfig, serve
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
@@ -37,6 +38,8 @@ class FamilyConfig:
     """Execution provider and threads."""
     batching_overrides: dict[str, Any] = field(default_factory=dict)
     """BatchPolicy fields that replace every model's own (e.g. max_batch_size 1: batching off)."""
+    stepping_overrides: dict[str, Any] = field(default_factory=dict)
+    """StepPolicy fields that replace every model's own (e.g. max_running 1: step batching off)."""
     poll_s: float = 5.0
     """How often to look for new model versions; 0 never."""
     session_workers: int = 2
@@ -57,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument("--max-batch-size", type=int, help="override every model's policy")
     parser.add_argument("--max-queue-delay-ms", type=float, help="override every model's policy")
     parser.add_argument("--max-queue-size", type=int, help="override every model's policy")
+    parser.add_argument("--max-running", type=int, help="override every model's step slots")
+    parser.add_argument("--max-waiting", type=int, help="override every model's step queue bound")
     parser.add_argument(
         "--fixed-delay",
         action="store_true",
@@ -77,8 +82,14 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         }.items()
         if v is not None
     }
+    stepping = {
+        k: v
+        for k, v in {"max_running": args.max_running, "max_waiting": args.max_waiting}.items()
+        if v is not None
+    }
     try:
         BatchPolicy(**overrides)  # quotes a bad value now rather than at load
+        StepPolicy(**stepping)
         return FamilyConfig(
             family=args.family,
             models=args.models,
@@ -87,6 +98,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
             ),
             session=SessionOptions(args.provider, args.intra_op_threads),
             batching_overrides=overrides,
+            stepping_overrides=stepping,
             poll_s=args.poll_s,
             session_workers=args.session_workers,
         )
@@ -97,7 +109,9 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
 async def run(config: FamilyConfig) -> None:
     """Load the family's models and serve them until SIGTERM."""
     executor = ThreadPoolExecutor(config.session_workers, thread_name_prefix="session")
-    context = LoadContext(config.session, executor, config.batching_overrides)
+    context = LoadContext(
+        config.session, executor, config.batching_overrides, config.stepping_overrides
+    )
     registry = ModelRegistry(config.models, config.family, model_class(config.family), context)
     poller: asyncio.Task | None = None
 

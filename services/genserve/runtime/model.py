@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from genserve.runtime import errors
 from genserve.runtime.batcher import RequestBatcher
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.session import Graph, SessionOptions
+from genserve.runtime.stepper import Step, StepWorker
 
 # RPC names a model may support, as ModelCall and the CLI spell them.
 GENERATE = "Generate"
@@ -94,12 +95,13 @@ class StreamEvent:
 
 
 class LoadContext:
-    """What families need to open graphs: session options, executor, overrides.
+    """What families need to open graphs and build workers: options, executor, overrides.
 
     Args:
         session_options: provider and threads for every graph.
-        executor: where blocking session runs go.
+        executor: where blocking session runs and sampler steps go.
         batching_overrides: BatchPolicy fields that replace each model's own.
+        stepping_overrides: StepPolicy fields that replace each model's own.
     """
 
     def __init__(
@@ -107,10 +109,12 @@ class LoadContext:
         session_options: SessionOptions,
         executor: Executor | None = None,
         batching_overrides: dict[str, Any] | None = None,
+        stepping_overrides: dict[str, Any] | None = None,
     ) -> None:
         self.session_options = session_options
         self.executor = executor
         self.batching_overrides = dict(batching_overrides or {})
+        self.stepping_overrides = dict(stepping_overrides or {})
 
     def open_graph(self, config: ModelConfig, role: str) -> Graph:
         """Open one graph of a model version."""
@@ -125,6 +129,19 @@ class LoadContext:
         return RequestBatcher(
             graph.run, policy, model=config.name, graph=role, executor=self.executor
         )
+
+    def step_worker(self, config: ModelConfig, sampler: str, step: Step) -> StepWorker:
+        """A step worker (not started) running `step` for one of the model's samplers."""
+        policy = dataclasses.replace(config.stepping, **self.stepping_overrides)
+        return StepWorker(step, policy, model=config.name, sampler=sampler, executor=self.executor)
+
+
+class Worker(Protocol):
+    """What a served model starts and closes: a request batcher or a step worker."""
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class ServedModel:
@@ -141,7 +158,7 @@ class ServedModel:
     def __init__(self, config: ModelConfig, context: LoadContext) -> None:
         self.config = config
         self.context = context
-        self.batchers: list[RequestBatcher] = []
+        self.workers: list[Worker] = []
 
     @property
     def name(self) -> str:
@@ -158,18 +175,24 @@ class ServedModel:
     def batched(self, role: str) -> RequestBatcher:
         """Open a graph behind a batcher that this model starts and closes."""
         batcher = self.context.batched_graph(self.config, role)
-        self.batchers.append(batcher)
+        self.workers.append(batcher)
         return batcher
 
+    def stepped(self, sampler: str, step: Step) -> StepWorker:
+        """A step worker for one iterative sampler, started and closed with this model."""
+        worker = self.context.step_worker(self.config, sampler, step)
+        self.workers.append(worker)
+        return worker
+
     async def start(self) -> None:
-        """Start background work (batchers); called once after loading."""
-        for batcher in self.batchers:
-            batcher.start()
+        """Start background work (batchers, step workers); called once after loading."""
+        for worker in self.workers:
+            worker.start()
 
     async def close(self) -> None:
-        """Finish queued work and stop background work."""
-        for batcher in self.batchers:
-            await batcher.close()
+        """Finish queued and running work and stop background work."""
+        for worker in self.workers:
+            await worker.close()
 
     def _unsupported(self, call: str) -> errors.Unimplemented:
         return errors.Unimplemented(self.name, self.family, call, list(self.calls))

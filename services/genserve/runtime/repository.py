@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from genserve.runtime.batcher import BatchPolicy
+from genserve.runtime.scheduler import StepPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ class ModelConfig:
     graphs: dict[str, GraphSpec]
     """Graphs by role."""
     batching: BatchPolicy
-    """Request batching policy for its one-shot graphs."""
+    """Request batching policy for its one-shot graphs (the `batching` section)."""
+    stepping: StepPolicy = field(default_factory=StepPolicy)
+    """Step scheduling policy for its iterative samplers (the `stepping` section)."""
     max_num_samples: int = 256
     """The most samples one request may ask for."""
     params: dict[str, Any] = field(default_factory=dict)
@@ -124,6 +127,17 @@ def _check_hashes(folder: Path, card: dict[str, Any]) -> None:
             )
 
 
+def _policy(kind: type, section: str, raw: dict[str, Any]):
+    """One typed policy section of config.json; its defaults when absent."""
+    values = raw.get(section, {})
+    if not isinstance(values, dict):
+        raise ModelConfigError(f"{section}: must be an object, got {values!r}")
+    try:
+        return kind(**values)
+    except (TypeError, ValueError) as exc:
+        raise ModelConfigError(f"{section}: {exc}") from None
+
+
 def load_config(folder: Path) -> ModelConfig:
     """Read and check one version folder.
 
@@ -143,10 +157,8 @@ def load_config(folder: Path) -> ModelConfig:
     if not isinstance(raw.get("family"), str):
         raise ModelConfigError(f"family: needs a family name, got {raw.get('family')!r}")
     graphs = {g: _graph(folder, g, spec) for g, spec in raw.get("graphs", {}).items()}
-    try:
-        batching = BatchPolicy(**raw.get("batching", {}))
-    except (TypeError, ValueError) as exc:
-        raise ModelConfigError(f"batching: {exc}") from None
+    batching = _policy(BatchPolicy, "batching", raw)
+    stepping = _policy(StepPolicy, "stepping", raw)
     max_num_samples = int(raw.get("max_num_samples", 256))
     if max_num_samples < 1:
         raise ModelConfigError(f"max_num_samples: must be >= 1, got {max_num_samples}")
@@ -159,6 +171,7 @@ def load_config(folder: Path) -> ModelConfig:
         path=folder,
         graphs=graphs,
         batching=batching,
+        stepping=stepping,
         max_num_samples=max_num_samples,
         params=dict(raw.get("params", {})),
         labels=tuple(raw.get("labels", [])),
