@@ -23,6 +23,8 @@ class Tries:
     """Every try any fake backend saw, in order: (target, timeout)."""
 
     seen: list[tuple[str, float]] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)
+    """The seed each Generate try carried (None: none)."""
 
 
 class FakeStub:
@@ -39,6 +41,7 @@ class FakeStub:
         return pb.ListModelsResponse(models=[pb.ModelInfo(name=MODEL)])
 
     async def Generate(self, request, timeout: float, metadata) -> pb.GenerateResponse:
+        self.tries.seeds.append(request.seed if request.HasField("seed") else None)
         self._try(timeout)
         return pb.GenerateResponse()
 
@@ -117,12 +120,17 @@ async def test_a_call_a_backend_cancelled_on_its_way_down_goes_to_the_other(pool
     assert len(targets) == 3 and targets[0] != targets[1]
 
 
-async def test_an_unseeded_call_is_tried_once(pool) -> None:
-    for backend in pool.backends:
-        backend.stub.fails = [UNAVAILABLE]
-    with pytest.raises(Forwarded) as raised:
-        await servicer(pool).Generate(generate(), FakeContext(None))
-    assert raised.value.code == UNAVAILABLE and len(seen(pool)) == 1
+async def test_an_unseeded_call_gets_a_seed_and_its_retry_the_same_one(pool) -> None:
+    pool.backends[0].stub.fails = [UNAVAILABLE]
+    pool.backends[1].stub.fails = [UNAVAILABLE]
+    await servicer(pool).Generate(generate(), FakeContext(None))
+    seeds = pool.backends[0].stub.tries.seeds
+    assert len(seeds) == 3 and seeds[0] is not None and len(set(seeds)) == 1
+
+
+async def test_a_callers_seed_is_passed_on_unchanged(pool) -> None:
+    await servicer(pool).Generate(generate(seed=42), FakeContext(None))
+    assert pool.backends[0].stub.tries.seeds == [42]
 
 
 async def test_the_callers_own_deadline_is_neither_retried_nor_held_against_a_backend(pool):

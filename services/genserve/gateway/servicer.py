@@ -6,8 +6,9 @@ deadline cannot hang on a backend that stopped answering. A stream is not
 cut by that time (a long generation may stream for minutes); keepalive ends
 one whose backend froze. Cancellation passes on because a cancelled
 handler cancels its backend call; the request id and authorization pass on as
-metadata. A call that is safe to repeat (anything but an unseeded Generate or
-Complete, and GenerateStream before its first event) is retried, on another
+metadata. The gateway draws a seed for a Generate, Complete or GenerateStream
+that has none (the response returns it), so every call is safe to repeat
+(GenerateStream only before its first event) and is retried, on another
 backend when there is one, after UNAVAILABLE or CANCELLED from the backend
 (one shutting down) or after a try that ran out of its own time while the
 caller still has some. Both count against the backend
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
 
 import grpc
@@ -50,7 +52,7 @@ class ForwardConfig:
     """How the gateway forwards one call to the backends."""
 
     attempts: int = 3
-    """The most tries of a call that is safe to retry."""
+    """The most tries of a call (GenerateStream: only before its first event)."""
     attempt_timeout_s: float = 30.0
     """The longest one try of a unary call may take: a call without a deadline gets
     this per try, one with a deadline the smaller of this and the time it has left.
@@ -63,11 +65,15 @@ class ForwardConfig:
             raise ValueError(f"attempt_timeout_s must be > 0, got {self.attempt_timeout_s}")
 
 
-def _safe_to_retry(method: str, request) -> bool:
-    """Unseeded sampling would give a different answer on a retry."""
-    if method in ("Generate", "Complete"):
-        return request.HasField("seed")
-    return True
+def _seeded(request) -> None:
+    """Draw a seed for a sampling request that has none.
+
+    The backend then samples from it and returns it, so the result can be
+    replayed, and a retry on another backend gives the same answer, which
+    makes every Generate and Complete safe to repeat.
+    """
+    if not request.HasField("seed"):
+        request.seed = secrets.randbits(63)
 
 
 def _forwarded(exc: grpc.aio.AioRpcError) -> Forwarded:
@@ -100,7 +106,6 @@ class _Tries:
         pool: the backends.
         model_name: the model the call is for.
         config: tries and per-try time.
-        safe: whether the call may be repeated.
         context: the incoming call, for its deadline.
         capped: whether a try is cut at the per-try time; streams are not (they
             may run long, and keepalive ends one on a frozen backend).
@@ -112,14 +117,13 @@ class _Tries:
         model_name: str,
         config: ForwardConfig,
         *,
-        safe: bool,
         context,
         capped: bool = True,
     ) -> None:
         self._pool = pool
         self._model_name = model_name
         self._attempt_timeout_s = config.attempt_timeout_s
-        self._left = config.attempts if safe else 1
+        self._left = config.attempts
         self._context = context
         self._tried: list[Backend] = []
         self._cap = capped
@@ -199,14 +203,12 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
             shape = tuple(info.image_shape)
             convert.png_headers("images", request.images, shape, info.max_num_samples, self._limits)
 
-    def _tries(self, model_name: str, safe: bool, context, *, capped: bool = True) -> _Tries:
-        return _Tries(
-            self._pool, model_name, self._config, safe=safe, context=context, capped=capped
-        )
+    def _tries(self, model_name: str, context, *, capped: bool = True) -> _Tries:
+        return _Tries(self._pool, model_name, self._config, context=context, capped=capped)
 
     async def _unary(self, method: str, model_name: str, request, context):
         """Forward one unary call, retrying when that is safe and may help."""
-        tries = self._tries(model_name, _safe_to_retry(method, request), context)
+        tries = self._tries(model_name, context)
         while True:
             backend, timeout_s = tries.pick()
             call = getattr(backend.stub, method)
@@ -228,6 +230,7 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
         return await self._unary("DescribeModel", request.model_name, request, context)
 
     async def Generate(self, request, context):
+        _seeded(request)
         return await self._unary("Generate", request.model_name, request, context)
 
     async def Encode(self, request, context):
@@ -243,12 +246,13 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     async def Complete(self, request, context):
         self._check_images(request.model_name, request)
+        _seeded(request)
         return await self._unary("Complete", request.model_name, request, context)
 
     async def GenerateStream(self, request, context):
         inner = request.request
-        safe = _safe_to_retry("Generate", inner)
-        tries = self._tries(inner.model_name, safe, context, capped=False)
+        _seeded(inner)
+        tries = self._tries(inner.model_name, context, capped=False)
         while True:
             backend, timeout_s = tries.pick()
             sent = 0
