@@ -4,6 +4,7 @@ Every RPC of a genserve process passes through `ServingInterceptor`:
 
 - a GenserveError becomes its status code, its message and rich details
   (google.rpc.Status in the `grpc-status-details-bin` trailer);
+- a servicer base class's NotImplementedError becomes UNIMPLEMENTED;
 - any other exception becomes INTERNAL with a generic message, and the
   traceback goes to the log with the request id;
 - the request id comes from the `x-request-id` metadata when it is short and
