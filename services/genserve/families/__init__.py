@@ -12,6 +12,7 @@ from genserve.runtime.model import ServedModel
 # family name -> "module:class"
 FAMILIES: dict[str, str] = {
     "ae": "genserve.families.latent:AeModel",
+    "diffusion": "genserve.families.diffusion:DiffusionModel",
     "aae": "genserve.families.latent:AaeModel",
     "gan": "genserve.families.latent:GanModel",
     "vae": "genserve.families.latent:VaeModel",

@@ -196,6 +196,7 @@ _SAMPLER_RANGES = {
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_new_tokens": (lambda v: v >= 1, ">= 1"),
     "truncation": (lambda v: 0.05 <= v <= 4.0, "in [0.05, 4]"),
+    "eta": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
 }
 
 

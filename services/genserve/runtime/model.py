@@ -43,6 +43,7 @@ class SamplerParams:
     max_new_tokens: int | None = None
     stop_sequences: tuple[str, ...] = ()
     truncation: float | None = None
+    eta: float | None = None
 
 
 @dataclass(frozen=True)

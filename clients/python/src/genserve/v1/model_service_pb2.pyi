@@ -94,7 +94,7 @@ class DescribeModelResponse(_message.Message):
     def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., graphs: _Optional[_Iterable[_Union[GraphSignature, _Mapping]]] = ..., config_json: _Optional[str] = ...) -> None: ...
 
 class SamplerParams(_message.Message):
-    __slots__ = ("steps", "guidance_scale", "temperature", "top_k", "top_p", "max_new_tokens", "stop_sequences", "truncation")
+    __slots__ = ("steps", "guidance_scale", "temperature", "top_k", "top_p", "max_new_tokens", "stop_sequences", "truncation", "eta")
     STEPS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,7 @@ class SamplerParams(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
     TRUNCATION_FIELD_NUMBER: _ClassVar[int]
+    ETA_FIELD_NUMBER: _ClassVar[int]
     steps: int
     guidance_scale: float
     temperature: float
@@ -111,7 +112,8 @@ class SamplerParams(_message.Message):
     max_new_tokens: int
     stop_sequences: _containers.RepeatedScalarFieldContainer[str]
     truncation: float
-    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., truncation: _Optional[float] = ...) -> None: ...
+    eta: float
+    def __init__(self, steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., truncation: _Optional[float] = ..., eta: _Optional[float] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("model_name", "num_samples", "seed", "output_format", "class_labels", "prompt", "latents", "sampler")
