@@ -36,6 +36,7 @@ class Sampling:
     max_new_tokens: int | None = None
     stop_sequences: Sequence[str] | None = None
     truncation: float | None = None
+    eta: float | None = None
 
     def to_proto(self) -> pb.SamplerParams | None:
         params = {f.name: getattr(self, f.name) for f in fields(self)}

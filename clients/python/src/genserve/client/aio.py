@@ -171,6 +171,7 @@ class AsyncClient:
         max_new_tokens: int | None = None,
         stop_sequences: Sequence[str] | None = None,
         truncation: float | None = None,
+        eta: float | None = None,
         timeout_s: float | None = None,
         metadata: Metadata | None = None,
     ) -> GenerateResult:
@@ -204,7 +205,7 @@ class AsyncClient:
             output_format=output_format,
             sampling=Sampling(
                 steps, guidance_scale, temperature, top_k, top_p,
-                max_new_tokens, stop_sequences, truncation,
+                max_new_tokens, stop_sequences, truncation, eta,
             ),
         )  # fmt: skip
         safe = request.HasField("seed")
@@ -230,6 +231,7 @@ class AsyncClient:
         max_new_tokens: int | None = None,
         stop_sequences: Sequence[str] | None = None,
         truncation: float | None = None,
+        eta: float | None = None,
         timeout_s: float | None = None,
         metadata: Metadata | None = None,
     ) -> AsyncIterator[StreamEvent]:
@@ -264,7 +266,7 @@ class AsyncClient:
             output_format=output_format,
             sampling=Sampling(
                 steps, guidance_scale, temperature, top_k, top_p,
-                max_new_tokens, stop_sequences, truncation,
+                max_new_tokens, stop_sequences, truncation, eta,
             ),
         )  # fmt: skip
         request = pb.GenerateStreamRequest(request=inner, preview_every_steps=preview_every_steps)

@@ -149,6 +149,7 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int)
     parser.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     parser.add_argument("--truncation", type=float)
+    parser.add_argument("--eta", type=float, help="DDIM's eta for diffusion, in [0, 1]")
     parser.add_argument("--stream", action="store_true", help="show progress and text as it comes")
     _add_grid_options(parser, required=False)
 
@@ -204,6 +205,7 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "stop_sequences": args.stop,
         "truncation": args.truncation,
+        "eta": args.eta,
     }
     if args.stream:
         result, printed = _generate_streamed(client, args, options)

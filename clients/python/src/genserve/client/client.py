@@ -155,6 +155,7 @@ class Client:
         max_new_tokens: int | None = None,
         stop_sequences: Sequence[str] | None = None,
         truncation: float | None = None,
+        eta: float | None = None,
         timeout_s: float | None = None,
         metadata: Metadata | None = None,
     ) -> GenerateResult:
@@ -178,6 +179,7 @@ class Client:
             max_new_tokens: The most tokens to generate, for text models.
             stop_sequences: A sample stops once its text ends with one of these.
             truncation: Draw latents from a normal truncated to [-t, t].
+            eta: DDIM's eta for diffusion, in [0, 1]; 0 is deterministic DDIM.
             timeout_s: The deadline of this call, retries included; default the client's.
             metadata: Extra metadata for this call.
 
@@ -200,7 +202,7 @@ class Client:
             output_format=output_format,
             sampling=Sampling(
                 steps, guidance_scale, temperature, top_k, top_p,
-                max_new_tokens, stop_sequences, truncation,
+                max_new_tokens, stop_sequences, truncation, eta,
             ),
         )  # fmt: skip
         safe = request.HasField("seed")
@@ -226,6 +228,7 @@ class Client:
         max_new_tokens: int | None = None,
         stop_sequences: Sequence[str] | None = None,
         truncation: float | None = None,
+        eta: float | None = None,
         timeout_s: float | None = None,
         metadata: Metadata | None = None,
     ) -> Iterator[StreamEvent]:
@@ -259,7 +262,7 @@ class Client:
             output_format=output_format,
             sampling=Sampling(
                 steps, guidance_scale, temperature, top_k, top_p,
-                max_new_tokens, stop_sequences, truncation,
+                max_new_tokens, stop_sequences, truncation, eta,
             ),
         )  # fmt: skip
         request = pb.GenerateStreamRequest(request=inner, preview_every_steps=preview_every_steps)
