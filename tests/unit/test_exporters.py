@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from genserve.exporters import data, grid, onnx_export, repository, training, vae  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = vae.VAEConfig(latent_dim=16, channels=(4, 8), hidden_dim=16)
 
@@ -22,14 +22,6 @@ needs_fashion = pytest.mark.skipif(
     not (data.fashion_mnist_dir() / "t10k-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _assert_images(dataset: data.ImageDataset, n: int) -> None:

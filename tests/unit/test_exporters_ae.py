@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from genserve.exporters import aae, ae, onnx_export, training  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY_AE = ae.AEConfig(latent_dim=16, channels=(4, 8), hidden_dim=16)
 TINY_AAE = aae.AAEConfig(latent_dim=8, channels=(4, 8), hidden_dim=16, discriminator_hidden_dim=8)
@@ -27,14 +27,6 @@ CONFIG_KEYS = [
     "labels",
     "card",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _signatures(latent_dim: int) -> dict:

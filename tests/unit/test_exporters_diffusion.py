@@ -11,17 +11,9 @@ torch = pytest.importorskip("torch")
 
 from genserve.exporters import diffusion, diffusion_model, onnx_export, training  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = diffusion_model.DiffusionConfig(channels=8, time_dim=16, timesteps=50)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_schedule_decreases_from_almost_one():

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 from genserve.exporters import data, gan, gan_model, onnx_export, training  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = gan_model.GANConfig(latent_dim=8, generator_channels=(8, 4), discriminator_channels=(4, 8))
 TINY_CONDITIONAL = gan_model.GANConfig(
@@ -23,14 +23,6 @@ TINY_CONDITIONAL = gan_model.GANConfig(
     generator_channels=(8, 4),
     discriminator_channels=(4, 8),
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _random_dataset(n: int = 64) -> data.ImageDataset:

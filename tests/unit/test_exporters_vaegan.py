@@ -12,19 +12,11 @@ torch = pytest.importorskip("torch")
 
 from genserve.exporters import onnx_export, training, vae, vaegan, vaegan_model  # noqa: E402
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY = vaegan_model.VAEGANConfig(
     latent_dim=16, channels=(4, 8), hidden_dim=16, disc_channels=(4, 8, 8)
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_untrained_graphs_have_the_vae_contract_and_match_pytorch(tmp_path):
