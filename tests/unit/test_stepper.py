@@ -111,6 +111,16 @@ async def test_a_caller_that_goes_away_frees_its_slot(sampler_and_worker):
     assert worker.scheduler.num_running == 0 and first.aborted
 
 
+async def test_a_caller_that_reads_late_still_sees_every_step(sampler_and_worker):
+    _, worker = sampler_and_worker
+    stream = worker.run(Countdown(4))
+    first = await anext(stream)
+    while worker.scheduler.has_unfinished():  # the sequence runs on while nobody reads
+        await asyncio.sleep(0)
+    rest = [seq async for seq in stream]
+    assert first.steps == 4 and len(rest) == 3  # four events, though all steps were done
+
+
 async def test_a_full_waiting_queue_refuses_at_once():
     sampler = FakeSampler()
     sampler.gate.clear()

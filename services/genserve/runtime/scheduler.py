@@ -104,7 +104,7 @@ class StepScheduler:
 
     @property
     def num_waiting(self) -> int:
-        return sum(1 for *_, seq in self._waiting if seq.left is None)
+        return len(self._waiting)  # a sequence that leaves is taken out at once
 
     @property
     def num_running(self) -> int:

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from genserve.runtime import metrics
@@ -40,8 +41,17 @@ logger = logging.getLogger(__name__)
 Step = Callable[[list[Sequence]], list[bool]]
 """Runs one batched step over the sequences (in an executor); returns which are done."""
 
-_STEPPED = object()
-"""What a sequence's caller is woken with after a step it took."""
+
+@dataclass(frozen=True)
+class _Stepped:
+    """What a sequence's caller is woken with after a step: the sequence as it was then.
+
+    A snapshot, not the live sequence: a caller that reads late must still
+    see every step once and learn it finished from the step that finished it.
+    """
+
+    steps: int
+    finished: bool
 
 
 class StepWorker:
@@ -114,13 +124,13 @@ class StepWorker:
         try:
             while True:
                 news = await inbox.get()
-                if news is not _STEPPED:
+                if not isinstance(news, _Stepped):
                     raise news
-                if seq.steps == 1:
+                if news.steps == 1:
                     metrics.TIME_TO_FIRST_STEP.labels(**self._labels).observe(self._clock() - added)
                 yield seq
-                if seq.left is Leave.FINISHED:
-                    metrics.STEPS_PER_SEQUENCE.labels(**self._labels).observe(seq.steps)
+                if news.finished:
+                    metrics.STEPS_PER_SEQUENCE.labels(**self._labels).observe(news.steps)
                     return
         finally:
             if seq.left is None:  # the caller went away (cancelled, or stopped reading)
@@ -160,7 +170,7 @@ class StepWorker:
             metrics.STEP_DURATION.labels(**self._labels).observe(time.monotonic() - started)
         self.scheduler.update(batch, finished)
         for seq in batch:
-            self._tell(seq, _STEPPED)
+            self._tell(seq, _Stepped(seq.steps, seq.left is Leave.FINISHED))
 
     def _tell(self, seq: Sequence, news: object) -> None:
         inbox = self._inboxes.get(seq)
