@@ -120,12 +120,13 @@ class DiffusionModel(ServedModel):
         if labels is None:  # spread over the classes, reproducibly from the seed
             rng = np.random.default_rng([params.seed, 1])
             labels = rng.integers(0, len(self.config.labels), params.num_samples)
-        timesteps = np.unique(np.linspace(0, self.timesteps - 1, steps).round().astype(np.int64))
+        # From T-1 down to 0, evenly; distinct since steps <= T. One step starts at T-1 too.
+        timesteps = np.linspace(self.timesteps - 1, 0, steps).round().astype(np.int64)
         out = []
         for i in range(params.num_samples):
             rng = np.random.default_rng([params.seed, 2, i])
             x = rng.standard_normal((1, *self.image_shape[1:]), dtype=np.float32)
-            out.append(Sample(x, int(labels[i]), guidance, eta, timesteps[::-1].copy(), rng))
+            out.append(Sample(x, int(labels[i]), guidance, eta, timesteps.copy(), rng))
         return out
 
     def _step(self, batch: list[Sequence]) -> list[bool]:
