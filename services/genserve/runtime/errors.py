@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from genserve.runtime.limits import shown
+from genserve.runtime.limits import cut, shown
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 _MAX_LISTED = 20
@@ -95,7 +95,7 @@ class NotFound(GenserveError):
         return [
             error_details_pb2.ResourceInfo(
                 resource_type="model",
-                resource_name=shown(self.model_name)[1:-1],
+                resource_name=cut(self.model_name),
                 description=self.message,
             )
         ]

@@ -16,6 +16,8 @@ import re
 import resource
 from dataclasses import dataclass, field
 
+from genserve.runtime.metrics_http import MetricsServerLimits
+
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
@@ -66,10 +68,12 @@ class Limits:
         5.0, "A connection whose ping goes unanswered this long is closed (a half-open peer)."
     )
     metrics_timeout_s: float = _bound(
-        5.0, "A /metrics HTTP connection that makes no progress this long is closed."
+        MetricsServerLimits.timeout_s,
+        "A /metrics HTTP connection that makes no progress this long is closed.",
     )
     metrics_max_connections: int = _bound(
-        32, "Open /metrics HTTP connections; one more is answered 503 at once."
+        MetricsServerLimits.max_connections,
+        "Open /metrics HTTP connections; one more is answered 503 at once.",
     )
 
     def __post_init__(self) -> None:
@@ -103,10 +107,14 @@ def _ms(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
 
+def cut(value: str, limit: int = 64) -> str:
+    """A caller's string cut to `limit` characters ("..." marks a cut), for errors and logs."""
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
 def shown(value: str, limit: int = 64) -> str:
-    """A caller's string as it may appear in an error or a log: quoted and cut to `limit`."""
-    cut = value if len(value) <= limit else value[:limit] + "..."
-    return repr(cut)
+    """A caller's string as it may appear in an error or a log: cut, then quoted."""
+    return repr(cut(value, limit))
 
 
 def raise_fd_limit() -> int:
