@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from genserve.runtime import metrics
+from genserve.runtime.limits import grpc_ms
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
@@ -90,20 +91,16 @@ class PoolConfig:
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 0),  # the gateway retries itself, knowing what is safe
-            ("grpc.keepalive_time_ms", _ms(self.backend_keepalive_s)),
-            ("grpc.keepalive_timeout_ms", _ms(self.backend_keepalive_timeout_s)),
+            ("grpc.keepalive_time_ms", grpc_ms(self.backend_keepalive_s)),
+            ("grpc.keepalive_timeout_ms", grpc_ms(self.backend_keepalive_timeout_s)),
             # Without this a ping already in flight keeps gRPC's one-minute timeout.
-            ("grpc.http2.ping_timeout_ms", _ms(self.backend_keepalive_timeout_s)),
+            ("grpc.http2.ping_timeout_ms", grpc_ms(self.backend_keepalive_timeout_s)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
-            ("grpc.initial_reconnect_backoff_ms", _ms(initial_s)),
-            ("grpc.max_reconnect_backoff_ms", _ms(self.reconnect_max_s)),
-            ("grpc.min_reconnect_backoff_ms", _ms(self.connect_timeout_s)),  # connect deadline
+            ("grpc.initial_reconnect_backoff_ms", grpc_ms(initial_s)),
+            ("grpc.max_reconnect_backoff_ms", grpc_ms(self.reconnect_max_s)),
+            ("grpc.min_reconnect_backoff_ms", grpc_ms(self.connect_timeout_s)),  # connect deadline
         ]
-
-
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
 
 
 @dataclass(eq=False)

@@ -90,10 +90,10 @@ class Limits:
             ("grpc.server.max_pending_requests", self.max_pending_calls),
             ("grpc.server.max_pending_requests_hard_limit", self.max_pending_calls),
             ("grpc.max_allowed_incoming_connections", self.max_connections),
-            ("grpc.max_connection_idle_ms", _ms(self.connection_idle_s)),
-            ("grpc.server_handshake_timeout_ms", _ms(self.handshake_timeout_s)),
-            ("grpc.keepalive_time_ms", _ms(self.keepalive_s)),
-            ("grpc.keepalive_timeout_ms", _ms(self.keepalive_timeout_s)),
+            ("grpc.max_connection_idle_ms", grpc_ms(self.connection_idle_s)),
+            ("grpc.server_handshake_timeout_ms", grpc_ms(self.handshake_timeout_s)),
+            ("grpc.keepalive_time_ms", grpc_ms(self.keepalive_s)),
+            ("grpc.keepalive_timeout_ms", grpc_ms(self.keepalive_timeout_s)),
         ]
 
     def request_id(self, given: str | None) -> str | None:
@@ -103,7 +103,8 @@ class Limits:
         return None
 
 
-def _ms(seconds: float) -> int:
+def grpc_ms(seconds: float) -> int:
+    """Seconds as a gRPC option's whole milliseconds, at least 1 (0 would mean "off")."""
     return max(1, round(seconds * 1000))
 
 
