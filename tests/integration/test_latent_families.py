@@ -102,7 +102,7 @@ def test_images() -> np.ndarray:
 @pytest.mark.parametrize("spec", **by_name(SPECS))
 def test_each_tiny_model_passed_parity_and_lists_its_calls(family_repo, client, spec):
     card = load_config(family_repo / spec.name / "1").card
-    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert card.parity["max_abs_diff"] <= 1e-4
     info = {m.name: m for m in client.list_models()}[spec.name]
     assert info.family == spec.family
     assert ("Generate" in info.calls) == spec.generates

@@ -41,10 +41,10 @@ def test_images() -> np.ndarray:
 def test_the_tiny_model_was_exported_with_a_checked_card(model_repo):
     config = load_config(model_repo / TINY / "1")
     card = config.card
-    assert card["parity"]["max_abs_diff"] <= 1e-4
-    assert card["seed"] == 0 and "genserve.exporters.vae" in card["command"]
-    for name, entry in card["files"].items():
-        assert sha256_of(config.path / name) == entry["sha256"]
+    assert card.parity["max_abs_diff"] <= 1e-4
+    assert card.seed == 0 and "genserve.exporters.vae" in card.command
+    for name, entry in card.files.items():
+        assert sha256_of(config.path / name) == entry.sha256
 
 
 @pytest.mark.parametrize("model", [TINY, "vae-fashion"])

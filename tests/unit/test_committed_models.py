@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from genserve.runtime.repository import load_config, scan
+from genserve.runtime.repository import CONFIG_FILE, load_config, scan
+from genserve.runtime.schema import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = [v for versions in scan(ROOT / "models").values() for v in versions]
@@ -21,11 +23,18 @@ def test_the_repository_is_not_empty():
 @pytest.mark.parametrize("folder", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_each_version_loads_with_a_complete_card(folder):
     config = load_config(folder)  # checks the sha256 of every file against the card
-    missing = CARD_KEYS - config.card.keys()
-    assert not missing, f"card lacks {sorted(missing)}"
-    assert config.card["parity"]["max_abs_diff"] <= 1e-4
-    assert set(config.card["files"]) == {g.path.name for g in config.graphs.values()}
-    assert config.card["metrics"], "the card records no quality metrics"
+    missing = [key for key in sorted(CARD_KEYS) if getattr(config.card, key) is None]
+    assert not missing, f"card lacks {missing}"
+    assert config.card.parity["max_abs_diff"] <= 1e-4
+    assert set(config.card.files) == {g.file for g in config.graphs.values()}
+    assert config.card.metrics, "the card records no quality metrics"
+
+
+@pytest.mark.parametrize("folder", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_each_config_reads_and_writes_back_unchanged_through_the_schema(folder):
+    text = (folder / CONFIG_FILE).read_text()
+    spec = ModelSpec.from_json(json.loads(text))
+    assert json.dumps(spec.to_json(), indent=2) + "\n" == text
 
 
 @pytest.mark.parametrize("folder", VERSIONS, ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -74,7 +74,8 @@ def test_goals_say_what_is_met_what_is_missed_and_what_was_not_measured():
         Quality("cgan-fashion", "gan", fd=8.0, class_accuracy=0.80),
         Quality("ae-fashion", "ae", fd=1.0, fd_of_reconstructions=True),
     ]
-    goals = dict((text.split(":")[0], (ok, text)) for ok, text in quality_report.goals(rows, 2.0))
+    found = quality_report.goals(rows, 2.0, _evaluations())
+    goals = dict((text.split(":")[0], (ok, text)) for ok, text in found)
     # The unconditional GAN stands for the family even though the conditional one scores better.
     assert goals["GAN beats VAE FD"] == (
         True,
@@ -88,6 +89,35 @@ def test_goals_say_what_is_met_what_is_missed_and_what_was_not_measured():
         False,
         "conditional accuracy ≥ 85%: `cgan-fashion` 80.0%",
     )
+    ok, text = goals["Diffusion has the lowest FD"]
+    assert not ok and "no `diffusion` model yet" in text
+
+
+def test_a_familys_own_goals_come_from_its_exporter():
+    rows = [
+        Quality("vae-fashion", "vae", fd=30.0),
+        Quality("diffusion-fashion", "diffusion", fd=6.0, class_accuracy=0.93),
+        Quality("cgan-fashion", "gan", fd=8.0, class_accuracy=0.80),
+    ]
+    found = dict(
+        (text.split(":")[0], (ok, text))
+        for ok, text in quality_report.goals(rows, 2.0, _evaluations())
+    )
+    assert found["Diffusion has the lowest FD"] == (
+        True,
+        "Diffusion has the lowest FD: `diffusion-fashion` 6.00 < `cgan-fashion` 8.00",
+    )
+    assert found["Diffusion class accuracy ≥ 90% with guidance"][0]
+
+
+def _evaluations() -> dict[str, quality_report.Evaluation]:
+    """Each family's evaluation, as its exporter declares it."""
+    pytest.importorskip("torch")
+    from genserve.exporters import pipeline
+
+    evaluations = {family: e.evaluation for family, e in pipeline.exporters().items()}
+    assert {"ae", "aae", "diffusion", "gan", "vae", "vaegan"} <= set(evaluations)
+    return evaluations
 
 
 def test_the_committed_classifier_has_logits_and_features_and_the_recorded_sha256():
@@ -128,15 +158,39 @@ def _decoder(path, latent_dim: int = 4, *, conditional: bool = False) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
+def _encoder(path, outputs: list[str], latent_dim: int = 4) -> None:
+    """A stand-in encoder: every output = flatten(image) @ W."""
+    weight = np.random.default_rng(1).standard_normal((784, latent_dim)).astype(np.float32) / 28
+    shape = numpy_helper.from_array(np.array([-1, 784], np.int64), "shape")
+    nodes = [
+        helper.make_node("Reshape", ["image", "shape"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "W"], ["code"]),
+        *(helper.make_node("Identity", ["code"], [name]) for name in outputs),
+    ]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["B", 1, 28, 28])
+    dims = ["B", latent_dim]
+    codes = [helper.make_tensor_value_info(o, TensorProto.FLOAT, dims) for o in outputs]
+    initializers = [numpy_helper.from_array(weight, "W"), shape]
+    graph = helper.make_graph(nodes, "encoder", [image], codes, initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
 def _write_model(root, name: str, family: str, graph: str, *, conditional: bool = False):
+    """A model of stand-in graphs; a "vae" also gets an encoder (its family encodes)."""
     folder = root / name / "1"
     folder.mkdir(parents=True)
     _decoder(folder / f"{graph}.onnx", conditional=conditional)
     inputs = [{"name": "latent", "dtype": "float32", "shape": [-1, 4]}]
+    if conditional:
+        inputs.append({"name": "label", "dtype": "int64", "shape": [-1]})
+    graphs = {graph: {"file": f"{graph}.onnx", "inputs": inputs, "outputs": []}}
+    if family == "vae":
+        _encoder(folder / "encoder.onnx", ["mean", "log_variance"])
+        graphs["encoder"] = {"file": "encoder.onnx"}
     config = {
         "name": name,
         "family": family,
-        "graphs": {graph: {"file": f"{graph}.onnx", "inputs": inputs, "outputs": []}},
+        "graphs": graphs,
         "params": {"latent_dim": 4, "conditional": conditional},
         "labels": list(data.FASHION_CLASSES) if conditional else [],
         "card": {"files": {f"{graph}.onnx": {"sha256": "stale", "bytes": 0}}},
@@ -167,8 +221,8 @@ def test_a_run_writes_the_table_the_grids_and_the_cards(tmp_path):
         card = json.loads((folder / "config.json").read_text())["card"]
         quality = card["metrics"]["quality"]
         assert quality["fd"] > 0 and quality["fd_floor"] > 0 and quality["samples"] == 200
-        body = next(folder.glob("*.onnx")).read_bytes()
-        (record,) = card["files"].values()
-        assert record == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
+        for file_name, record in card["files"].items():
+            body = (folder / file_name).read_bytes()
+            assert record == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
     cgan_quality = json.loads((cgan / "config.json").read_text())["card"]["metrics"]["quality"]
     assert 0.0 <= cgan_quality["class_accuracy"] <= 1.0

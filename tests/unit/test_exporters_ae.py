@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from genserve.exporters import aae, ae, onnx_export, training  # noqa: E402
+from genserve.runtime.schema import BatchPolicy  # noqa: E402
 
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -45,7 +46,7 @@ def _check_version(folder, *, family: str, latent_dim: int) -> dict:
     assert config["family"] == family and config["labels"] == []
     assert config["graphs"] == _signatures(latent_dim)
     assert config["params"] == {"latent_dim": latent_dim, "image_shape": [1, 28, 28]}
-    assert set(config["batching"]) == {"max_batch_size", "max_queue_delay_ms", "max_queue_size"}
+    assert BatchPolicy(**config["batching"]) == BatchPolicy()  # every field, the defaults
     card = config["card"]
     assert card["parity"]["batch_sizes"] == [1, 7, 64]
     assert card["parity"]["max_abs_diff"] <= 1e-4

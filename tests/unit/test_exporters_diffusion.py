@@ -48,9 +48,9 @@ def test_the_noise_graph_exports_with_its_contract_and_passes_parity(tmp_path):
     graphs, parity = diffusion.export_noise(model, tmp_path)
     assert parity["max_abs_diff"] <= onnx_export.PARITY_ATOL
     signature = graphs["noise"]
-    assert [t["name"] for t in signature["inputs"]] == ["x", "t", "label"]
-    assert [t["dtype"] for t in signature["inputs"]] == ["float32", "int64", "int64"]
-    assert signature["outputs"][0]["shape"] == [-1, 1, 28, 28]
+    assert [t.name for t in signature.inputs] == ["x", "t", "label"]
+    assert [t.dtype for t in signature.inputs] == ["float32", "int64", "int64"]
+    assert signature.outputs[0].shape == (-1, 1, 28, 28)
 
 
 def test_a_rows_noise_does_not_depend_on_the_batch_it_runs_in(tmp_path):

@@ -1,4 +1,4 @@
-"""The step scheduler, step by step: joins, aborts, bounds, priority, deadlines.
+"""The step scheduler, step by step: joins, aborts, bounds, priority, deadlines, admission.
 
 Steps are driven by hand and the clock is injected, so no test depends on timing.
 """
@@ -8,7 +8,14 @@ from __future__ import annotations
 import pytest
 
 from genserve.runtime.errors import ResourceExhausted
-from genserve.runtime.scheduler import Leave, Priority, Sequence, StepPolicy, StepScheduler
+from genserve.runtime.scheduler import (
+    Admission,
+    Leave,
+    Priority,
+    Sequence,
+    StepPolicy,
+    StepScheduler,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -130,3 +137,54 @@ def test_a_step_never_holds_more_than_the_slots():
 def test_policy_quotes_a_bad_value():
     with pytest.raises(ValueError, match="max_running must be >= 1, got 0"):
         StepPolicy(max_running=0)
+
+
+def test_request_admission_holds_a_late_sequence_until_the_batch_is_empty_then_admits_it():
+    scheduler = StepScheduler(StepPolicy(max_running=4, admission="request"))
+    scheduler.add(seq("short", 1))
+    scheduler.add(seq("long", 3))
+    assert step(scheduler) == (["short", "long"], ["short"], [])
+    scheduler.add(seq("late", 1))  # a free slot, but the batch is still running
+    assert step(scheduler) == (["long"], [], [])
+    assert step(scheduler) == (["long"], ["long"], [])
+    assert scheduler.num_waiting == 1
+    assert step(scheduler) == (["late"], ["late"], [])
+    assert not scheduler.has_unfinished()
+
+
+def test_request_admission_fills_every_free_slot_when_the_running_set_empties():
+    scheduler = StepScheduler(StepPolicy(max_running=2, admission=Admission.REQUEST))
+    for name in ("a", "b", "c"):
+        scheduler.add(seq(name, 2))
+    assert step(scheduler) == (["a", "b"], [], [])
+    assert step(scheduler) == (["a", "b"], ["a", "b"], [])
+    assert step(scheduler) == (["c"], [], [])
+
+
+def test_request_admission_lets_waiters_join_once_the_running_ones_are_aborted():
+    scheduler = StepScheduler(StepPolicy(max_running=2, admission="request"))
+    running, waiting = seq("running", 10), seq("waiting", 1)
+    scheduler.add(running)
+    step(scheduler)
+    scheduler.add(waiting)
+    assert step(scheduler)[0] == ["running"]
+    scheduler.abort(running)
+    assert step(scheduler) == (["waiting"], ["waiting"], ["running"])
+
+
+def test_request_admission_still_drops_an_expired_waiter_at_the_next_step():
+    clock = Clock()
+    scheduler = StepScheduler(StepPolicy(max_running=2, admission="request"), clock=clock)
+    scheduler.add(seq("long", 10))
+    step(scheduler)
+    expiring = seq("expiring", 1, deadline=clock.now + 1)
+    scheduler.add(expiring)
+    clock.now += 1
+    assert step(scheduler) == (["long"], [], ["expiring"])
+    assert expiring.left is Leave.DEADLINE and scheduler.num_waiting == 0
+
+
+def test_policy_refuses_an_unknown_admission_and_reads_a_known_one_from_text():
+    with pytest.raises(ValueError, match="admission must be one of step, request, got 'batch'"):
+        StepPolicy(admission="batch")
+    assert StepPolicy(admission="request").admission is Admission.REQUEST

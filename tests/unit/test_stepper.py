@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from genserve.runtime import metrics
 from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 from genserve.runtime.model import LoadContext, ServedModel
 from genserve.runtime.repository import load_config
@@ -119,6 +120,19 @@ async def test_a_caller_that_reads_late_still_sees_every_step(sampler_and_worker
         await asyncio.sleep(0)
     rest = [seq async for seq in stream]
     assert first.steps == 4 and len(rest) == 3  # four events, though all steps were done
+
+
+async def test_a_result_only_caller_is_woken_once_and_the_gauges_empty_after(
+    sampler_and_worker,
+):
+    _, worker = sampler_and_worker
+    (state, events), (_, stepped) = await asyncio.gather(
+        collect(worker, 5, every_step=False), collect(worker, 3)
+    )
+    assert (state.total, events, stepped) == (15, 1, 3)
+    running = metrics.SEQUENCES_RUNNING.labels(model="m", sampler="s")._value.get()
+    waiting = metrics.SEQUENCES_WAITING.labels(model="m", sampler="s")._value.get()
+    assert (running, waiting) == (0, 0), "no sequence is left on the gauges once work stops"
 
 
 async def test_a_full_waiting_queue_refuses_at_once():

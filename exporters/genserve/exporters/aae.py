@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from genserve.exporters import ae, cli, repository, training
-from genserve.exporters.data import load_dataset
-from genserve.exporters.vae import DATASET_CARDS
+from genserve.exporters import ae, pipeline, training
+from genserve.exporters.quality_report import Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -251,89 +249,32 @@ def load_checkpoint(path: Path) -> AAE:
     return training.load_checkpoint(path, AAE, AAEConfig)
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "aae-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: AAEConfig | None = None,
-    train_config: AAETrainConfig | None = None,
-    eval_limit: int | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train an AAE, export and check its encoder and decoder, and write a repository version.
+class AaeExporter(ae.AeExporter):
+    """The AAE's hooks: its three-phase loop, and how close q(z) came to the prior.
 
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights, the shuffling and the prior samples.
-        model_config: the AAE's shape; defaults to :class:`AAEConfig`.
-        train_config: epochs, batch size, learning rates, step budget.
-        eval_limit: evaluate on the first this many test images; None for all.
-        command: the command line for the model card; None writes the
-            equivalent ``python -m`` command.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
-
-    Returns:
-        The version folder.
+    The graphs and config sections are the autoencoder's.
     """
-    model_config = model_config or AAEConfig()
-    train_config = train_config or AAETrainConfig()
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    training.seed_everything(seed)
-    train_images = torch.from_numpy(load_dataset(data, "train").images)
-    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
-    model = AAE(model_config)
-    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
-    result = train(model, train_images, train_config, seed=seed)
-    metrics = ae.evaluate(model.encoder, model.decoder, test_images)
-    metrics.update(latent_metrics(model.encoder, test_images))
-    logger.info("test metrics: %s", metrics)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    extra = [
-        "--discriminator-learning-rate",
-        str(train_config.discriminator_learning_rate),
-        "--generator-learning-rate",
-        str(train_config.generator_learning_rate),
-    ]
-    info = ae.VersionInfo(
-        family="aae",
-        description=f"Adversarial autoencoder with a {model_config.latent_dim}-d latent "
-        f"trained on {DATASET_CARDS[data].split(',')[0]}; a latent discriminator pushed the "
-        "encoder's codes towards N(0, I), so the decoder maps N(0, I) latents to 28x28 grey "
-        "images in [0, 1].",
-        data=data,
-        command=command
-        or cli.equivalent_command(PROG, out, name, version, data, seed, train_config, extra),
-        seed=seed,
-        result=result,
-        metrics=metrics,
-    )
-    return ae.write_version(model, info, out=out, name=name, version=version, overwrite=overwrite)
 
+    family = "aae"
+    prog = PROG
+    default_name = "aae-fashion"
+    evaluation = Evaluation(sampling="the decoder on z ~ N(0, I)")
+    parser_options = {"latent_dim": AAEConfig.latent_dim}
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.build_parser(
-        PROG, __doc__.split("\n\n")[0], "aae-fashion", latent_dim=AAEConfig.latent_dim
-    )
-    parser.add_argument(
-        "--discriminator-learning-rate",
-        type=float,
-        default=AAETrainConfig.discriminator_learning_rate,
-    )
-    parser.add_argument(
-        "--generator-learning-rate", type=float, default=AAETrainConfig.generator_learning_rate
-    )
+    def default_configs(self) -> tuple[AAEConfig, AAETrainConfig]:
+        return AAEConfig(), AAETrainConfig()
 
-    def configs(args: argparse.Namespace) -> tuple[AAEConfig, AAETrainConfig]:
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--discriminator-learning-rate",
+            type=float,
+            default=AAETrainConfig.discriminator_learning_rate,
+        )
+        parser.add_argument(
+            "--generator-learning-rate", type=float, default=AAETrainConfig.generator_learning_rate
+        )
+
+    def configs(self, args: argparse.Namespace) -> tuple[AAEConfig, AAETrainConfig]:
         train_config = AAETrainConfig(
             epochs=args.epochs,
             batch_size=args.batch_size,
@@ -344,8 +285,35 @@ def main(argv: list[str] | None = None) -> None:
         )
         return AAEConfig(latent_dim=args.latent_dim), train_config
 
-    cli.run(PROG, sys.argv[1:] if argv is None else argv, parser, configs, train_and_export)
+    def flags(self, run: pipeline.Run) -> list[str]:
+        config = run.train_config
+        return [
+            "--discriminator-learning-rate",
+            str(config.discriminator_learning_rate),
+            "--generator-learning-rate",
+            str(config.generator_learning_rate),
+        ]
 
+    def build(self, run: pipeline.Run) -> AAE:
+        return AAE(run.model_config)
+
+    def fit(self, model: AAE, run: pipeline.Run) -> pipeline.Trained:
+        result = train(model, run.train_images(), run.train_config, seed=run.seed)
+        test_images = run.test_images()
+        metrics = ae.evaluate(model.encoder, model.decoder, test_images)
+        metrics.update(latent_metrics(model.encoder, test_images))
+        return pipeline.Trained(result, metrics)
+
+    def description(self, model: AAE, run: pipeline.Run) -> str:
+        return (
+            f"Adversarial autoencoder with a {model.config.latent_dim}-d latent trained on "
+            f"{run.dataset_name}; a latent discriminator pushed the encoder's codes towards "
+            "N(0, I), so the decoder maps N(0, I) latents to 28x28 grey images in [0, 1]."
+        )
+
+
+EXPORTER = AaeExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ outputs instead of a mean and a log-variance. aae.py builds on this file.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.exporters import cli, onnx_export, repository, training, vae
-from genserve.exporters.data import load_dataset
-from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
+from genserve.exporters import onnx_export, pipeline, training, vae
+from genserve.exporters.vae import IMAGE_SHAPE
+from genserve.runtime.schema import GraphSpec
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.ae"
-BATCHING = {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024}
-MAX_NUM_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -122,7 +119,7 @@ def load_checkpoint(path: Path) -> AE:
 
 def export_graphs(
     encoder: nn.Module, decoder: nn.Module, latent_dim: int, folder: Path
-) -> tuple[dict, dict]:
+) -> tuple[dict[str, GraphSpec], dict]:
     """Write encoder.onnx (image -> latent) and decoder.onnx (latent -> image), check parity.
 
     Returns:
@@ -146,147 +143,52 @@ def export_graphs(
             module, (example,), path, input_names=[input_name], output_names=[output_name]
         )
         worst = max(worst, onnx_export.check_parity(module, path, make_inputs[graph]))
-        graphs[graph] = {"file": path.name, **onnx_export.graph_signature(onnx_model)}
+        graphs[graph] = onnx_export.graph_spec(onnx_model, path)
     parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
     return graphs, parity
 
 
-@dataclass(frozen=True)
-class VersionInfo:
-    """What the model card says about a trained model, besides its files."""
+class AeExporter(pipeline.Exporter):
+    """The autoencoder's hooks: BCE with the shared loop, test reconstruction errors.
 
-    family: str
-    """The serving family: "ae" or "aae"."""
-    description: str
-    """One or two sentences for the card."""
-    data: str
-    """The data set's CLI name, a key of ``DATASET_CARDS``."""
-    command: str
-    """The command line that trained it."""
-    seed: int
-    """The seed of the weights, the shuffling and the prior samples."""
-    result: training.TrainResult
-    """Steps, epochs and wall time of the training loop."""
-    metrics: dict
-    """Test-set quality metrics."""
-
-
-def write_version(
-    model: nn.Module, info: VersionInfo, *, out: Path, name: str, version: int, overwrite: bool
-) -> Path:
-    """Export ``model.encoder`` and ``model.decoder`` and write ``out/name/version``.
-
-    The model must have ``config`` with ``latent_dim``. Returns the version folder.
+    aae.py's exporter builds on this one: the same graphs and sections.
     """
-    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
-        graphs, parity = export_graphs(
-            model.encoder, model.decoder, model.config.latent_dim, folder
+
+    family = "ae"
+    prog = PROG
+    default_name = "ae-fashion"
+    parser_options = {"latent_dim": AEConfig.latent_dim}
+
+    def default_configs(self) -> tuple[AEConfig, training.TrainConfig]:
+        return AEConfig(), training.TrainConfig()
+
+    def build(self, run: pipeline.Run) -> nn.Module:
+        return AE(run.model_config)
+
+    def fit(self, model: nn.Module, run: pipeline.Run) -> pipeline.Trained:
+        result = training.train(
+            model, model.loss, run.train_images(), run.train_config, generator=run.generator()
         )
-        card = {
-            "description": info.description,
-            "dataset": DATASET_CARDS[info.data],
-            "command": info.command,
-            "seed": info.seed,
-            "epochs": info.result.epochs,
-            "steps": info.result.steps,
-            "training_time_s": info.result.training_time_s,
-            "metrics": info.metrics,
-            "parity": parity,
-            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
-            "framework": {
-                "torch": torch.__version__.split("+")[0],
-                "onnx_opset": onnx_export.ONNX_OPSET,
-            },
-            "created_utc": repository.utc_now_iso(),
-        }
-        config = {
-            "name": name,
-            "family": info.family,
-            "graphs": graphs,
-            "batching": dict(BATCHING),
-            "max_num_samples": MAX_NUM_SAMPLES,
-            "params": {"latent_dim": model.config.latent_dim, "image_shape": list(IMAGE_SHAPE)},
-            "labels": [],
-            "card": card,
-        }
-        repository.write_config(folder, config)
-    return repository.version_dir(out, name, version)
+        metrics = evaluate(model.encoder, model.decoder, run.test_images())
+        return pipeline.Trained(result, metrics)
+
+    def export(self, model: nn.Module, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_graphs(model.encoder, model.decoder, model.config.latent_dim, folder)
+
+    def description(self, model: nn.Module, run: pipeline.Run) -> str:
+        return (
+            f"Convolutional autoencoder with a {model.config.latent_dim}-d latent trained on "
+            f"{run.dataset_name}; the encoder maps 28x28 grey images to codes and the decoder "
+            "maps codes back to images in [0, 1]. The latent space has no prior: use it to "
+            "encode, decode and reconstruct, not to sample."
+        )
+
+    def sections(self, model: nn.Module, run: pipeline.Run) -> dict:
+        return vae.latent_sections(model.config.latent_dim)
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "ae-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: AEConfig | None = None,
-    train_config: training.TrainConfig | None = None,
-    eval_limit: int | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train an autoencoder, export and check its graphs, and write a repository version.
-
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights and the shuffling.
-        model_config: the autoencoder's shape; defaults to :class:`AEConfig`.
-        train_config: epochs, batch size, learning rate, step budget.
-        eval_limit: evaluate on the first this many test images; None for all.
-        command: the command line for the model card; None writes the
-            equivalent ``python -m`` command.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
-
-    Returns:
-        The version folder.
-    """
-    model_config = model_config or AEConfig()
-    train_config = train_config or training.TrainConfig()
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    generator = training.seed_everything(seed)
-    train_images = torch.from_numpy(load_dataset(data, "train").images)
-    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
-    model = AE(model_config)
-    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
-    result = training.train(model, model.loss, train_images, train_config, generator=generator)
-    metrics = evaluate(model.encoder, model.decoder, test_images)
-    logger.info("test metrics: %s", metrics)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    info = VersionInfo(
-        family="ae",
-        description=f"Convolutional autoencoder with a {model_config.latent_dim}-d latent "
-        f"trained on {DATASET_CARDS[data].split(',')[0]}; the encoder maps 28x28 grey images "
-        "to codes and the decoder maps codes back to images in [0, 1]. The latent space has "
-        "no prior: use it to encode, decode and reconstruct, not to sample.",
-        data=data,
-        command=command
-        or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
-        seed=seed,
-        result=result,
-        metrics=metrics,
-    )
-    return write_version(model, info, out=out, name=name, version=version, overwrite=overwrite)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.build_parser(
-        PROG, __doc__.split("\n\n")[0], "ae-fashion", latent_dim=AEConfig.latent_dim
-    )
-    cli.run(
-        PROG,
-        sys.argv[1:] if argv is None else argv,
-        parser,
-        lambda args: (AEConfig(latent_dim=args.latent_dim), cli.train_config(args)),
-        train_and_export,
-    )
-
+EXPORTER = AeExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

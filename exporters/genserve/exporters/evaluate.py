@@ -2,15 +2,20 @@
 
     python -m genserve.exporters.evaluate --models models --out docs/quality.md --update-cards
 
-For the newest version of each model, its committed ONNX graphs run on ONNX
-Runtime (CPU) to draw 10,000 samples; the evaluation classifier
-(``bench/quality/fashion-classifier.onnx``, see :mod:`genserve.exporters.classifier`)
-maps them to penultimate-layer features, and the Fréchet distance (FD) between
-the Gaussians fitted to those features and to the 10,000 test images' is the
-score. The same figure for real training images is the floor; ``vae-fashion``
-is the baseline. Class-conditional models also get the share of samples the
-classifier puts in the requested class; autoencoders, which cannot sample, get
-the test reconstruction error. Uses no torch.
+For the newest version of each model, its family's own serving code
+(:mod:`genserve.exporters.served`) runs its committed ONNX graphs on ONNX
+Runtime (CPU) to draw 10,000 samples, as a caller of Generate would; the
+evaluation classifier (``bench/quality/fashion-classifier.onnx``, see
+:mod:`genserve.exporters.classifier`) maps them to penultimate-layer features,
+and the Fréchet distance (FD) between the Gaussians fitted to those features
+and to the 10,000 test images' is the score. The same figure for real training
+images is the floor; ``vae-fashion`` is the baseline. Class-conditional models
+also get the share of samples the classifier puts in the requested class;
+models that encode and decode get the test reconstruction error, and those that
+cannot sample are scored on their reconstructions. No family is named here:
+what a family offers comes from its served model, and its own goals from its
+exporter (:func:`genserve.exporters.pipeline.exporters`). Sampling and scoring
+use no torch; finding the exporters imports it.
 """
 
 from __future__ import annotations
@@ -37,23 +42,22 @@ from genserve.exporters.quality_report import (
     GRID_SCALE,
     GRID_SEED,
     card_figures,
+    completions_path,
     render_report,
     update_card,
 )
+from genserve.exporters.served import ServedRunner
+from genserve.runtime.repository import ModelConfig
+from genserve.runtime.schema import ModelConfigError
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.evaluate"
 CLASSIFIER_ONNX = "fashion-classifier.onnx"
 CLASSIFIER_CARD = "fashion-classifier.json"
-GENERATIVE = ("vae", "aae", "vaegan", "gan")
-"""Families whose decoder or generator maps N(0, I) latents to images."""
-EVALUATED = (*GENERATIVE, "ae")
-"""Families scored here; other models are listed without figures."""
 BATCH_SIZE = 500
-"""Images per session call."""
+"""Images per classifier session call."""
 DEFAULT_SAMPLES = 10_000
-_RANGE_SLACK = 1e-3  # images should lie in [0, 1]; a note flags those that do not
 DEFAULT_CLASSIFIER = Path("bench/quality")
 
 
@@ -140,7 +144,7 @@ class EvalClassifier:
         """
         card = json.loads((folder / CLASSIFIER_CARD).read_text())
         path = folder / CLASSIFIER_ONNX
-        expected, actual = card["files"][CLASSIFIER_ONNX]["sha256"], repository.sha256_file(path)
+        expected, actual = card["files"][CLASSIFIER_ONNX]["sha256"], repository.sha256_of(path)
         if actual != expected:
             raise ValueError(
                 f"{CLASSIFIER_ONNX}: sha256 {actual} differs from its card's {expected}"
@@ -162,40 +166,23 @@ class Model:
 
     name: str
     folder: Path
-    config: dict
+    config: ModelConfig
 
     @property
     def family(self) -> str:
-        return self.config.get("family", "?")
-
-    @property
-    def conditional(self) -> bool:
-        return bool(self.config.get("params", {}).get("conditional")) or "label" in self.inputs(
-            "generator"
-        )
+        return self.config.family
 
     @property
     def num_classes(self) -> int:
-        """Classes a conditional model takes: its labels, else Fashion-MNIST's 10."""
-        return len(self.config.get("labels") or ()) or 10
-
-    @property
-    def latent_dim(self) -> int:
-        return int(self.config["params"]["latent_dim"])
-
-    def inputs(self, graph: str) -> list[str]:
-        spec = self.config.get("graphs", {}).get(graph, {})
-        return [t["name"] for t in spec.get("inputs", [])]
-
-    def session(self, graph: str) -> ort.InferenceSession:
-        return _session(self.folder / self.config["graphs"][graph]["file"])
+        """Classes a conditional model takes (0: it takes none)."""
+        return len(self.config.labels)
 
     def graph_files(self) -> list[str]:
-        return [g["file"] for g in self.config["graphs"].values()]
+        return [g.file for g in self.config.graphs.values()]
 
 
 def find_models(root: Path) -> list[Model]:
-    """The newest numbered version of every model under ``root`` that has a config."""
+    """The newest numbered version of every model under ``root`` whose config reads."""
     found = []
     for model_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = sorted(
@@ -204,68 +191,53 @@ def find_models(root: Path) -> list[Model]:
         if not versions:
             continue
         try:
-            config = json.loads((versions[-1] / repository.CONFIG_FILE).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            config = repository.read_config(versions[-1])
+        except (OSError, ModelConfigError) as e:
             logger.warning("skipping %s: %s", versions[-1], e)
             continue
         found.append(Model(model_dir.name, versions[-1], config))
     return found
 
 
-def sample(model: Model, count: int, seed: int, desc: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Draw ``count`` images from z ~ N(0, I) (conditional: labels 0..K-1 in turn).
+def in_turn(count: int, num_classes: int) -> np.ndarray | None:
+    """Labels 0..K-1 in turn (None for a model that takes no label)."""
+    return np.arange(count, dtype=np.int64) % num_classes if num_classes else None
 
-    Returns:
-        ``(images (count, 1, 28, 28), requested labels (count,) or None)``.
+
+def completion_images(
+    model: Model, runner: ServedRunner, test_images: np.ndarray, test_labels: np.ndarray
+) -> np.ndarray:
+    """The completion picture, in rows of :data:`GRID_COLUMNS`: test images, their top
+    halves (the bottom blanked), then completions of the bottom half from seeds 1, 2, 3.
+
+    The first test image of each class goes in a column (the first 8 classes);
+    conditional models are given the image's class.
     """
-    latent = np.random.default_rng(seed).standard_normal(
-        (count, model.latent_dim), dtype=np.float32
-    )
-    if model.family != "gan":
-        (images,) = _run_batched(
-            model.session("decoder"), {model.inputs("decoder")[0]: latent}, desc
-        )
-        return images, None
-    feeds = {"latent": latent}
-    labels = None
-    if model.conditional:
-        labels = np.arange(count, dtype=np.int64) % model.num_classes
-        feeds["label"] = labels
-    (images,) = _run_batched(model.session("generator"), feeds, desc)
-    return images, labels
+    columns = [int(np.flatnonzero(test_labels == c)[0]) for c in range(GRID_COLUMNS)]
+    originals = test_images[columns]
+    mask = np.zeros((1, 1, *originals.shape[2:]), np.float32)
+    mask[..., : originals.shape[2] // 2, :] = 1.0
+    labels = test_labels[columns].astype(np.int64) if model.num_classes else None
+    rows = [originals, originals * mask]
+    rows += [runner.complete(originals, mask, seed, labels) for seed in (1, 2, 3)]
+    return np.concatenate(rows)
 
 
-def reconstruct(model: Model, images: np.ndarray, desc: str) -> np.ndarray:
-    """Encoder then decoder; the decoder gets the encoder's first output (mean or latent)."""
-    codes = _run_batched(model.session("encoder"), {model.inputs("encoder")[0]: images}, desc)
-    (out,) = _run_batched(model.session("decoder"), {model.inputs("decoder")[0]: codes[0]}, desc)
-    return out
-
-
-def grid_images(model: Model, test_images: np.ndarray) -> np.ndarray:
+def grid_images(model: Model, runner: ServedRunner, test_images: np.ndarray) -> np.ndarray:
     """The images of the model's sample grid, in rows of :data:`GRID_COLUMNS`.
 
-    8 x 8 samples from seed 1 (the same latents as ``genserve.exporters.grid``);
-    conditional models one row per class; autoencoders alternate rows of test
-    images and their reconstructions.
+    8 x 8 samples from seed 1 (for latent models, the latents of
+    ``genserve.exporters.grid``); conditional models one row per class; models
+    that cannot sample alternate rows of test images and their reconstructions.
     """
-    if model.family == "ae":
+    if not runner.can_sample:
         originals = test_images[: 4 * GRID_COLUMNS].reshape(4, GRID_COLUMNS, *test_images.shape[1:])
-        recons = reconstruct(model, test_images[: 4 * GRID_COLUMNS], "grid").reshape(
-            originals.shape
-        )
+        recons = runner.reconstruct(test_images[: 4 * GRID_COLUMNS]).reshape(originals.shape)
         return np.stack([originals, recons], axis=1).reshape(-1, *test_images.shape[1:])
-    rng = np.random.default_rng(GRID_SEED)
-    if model.family == "gan" and model.conditional:
-        classes = model.num_classes
-        latent = rng.standard_normal((classes * GRID_COLUMNS, model.latent_dim), dtype=np.float32)
-        labels = np.repeat(np.arange(classes, dtype=np.int64), GRID_COLUMNS)
-        (images,) = model.session("generator").run(None, {"latent": latent, "label": labels})
-        return images
-    latent = rng.standard_normal((GRID_COLUMNS * GRID_COLUMNS, model.latent_dim), dtype=np.float32)
-    graph = "generator" if model.family == "gan" else "decoder"
-    (images,) = model.session(graph).run(None, {model.inputs(graph)[0]: latent})
-    return images
+    if model.num_classes:
+        labels = np.repeat(np.arange(model.num_classes, dtype=np.int64), GRID_COLUMNS)
+        return runner.generate(len(labels), GRID_SEED, labels)
+    return runner.generate(GRID_COLUMNS * GRID_COLUMNS, GRID_SEED)
 
 
 # -- evaluation ----------------------------------------------------------------------------
@@ -287,6 +259,8 @@ class Quality:
     notes: list[str] = field(default_factory=list)
     file_hashes: dict = field(default_factory=dict)
     """The card's ``files`` records of the graphs evaluated."""
+    completions: bool = False
+    """Whether a completion picture was written beside the sample grid."""
 
 
 def evaluate_model(
@@ -297,28 +271,49 @@ def evaluate_model(
     *,
     samples: int,
     seed: int,
+    grid: Path | None = None,
+    test_labels: np.ndarray | None = None,
 ) -> Quality:
-    """Score one model: FD of ``samples`` samples, class accuracy, reconstruction error."""
+    """Score one model through its family's serving code.
+
+    A model that samples (Generate) gets the FD of ``samples`` samples and,
+    when conditional, its class accuracy; one that encodes and decodes gets
+    the reconstruction error of the test images, and, when it cannot sample,
+    the FD of those reconstructions. With ``grid``, its sample grid is written
+    there as a PNG; a model that completes images (Complete) also gets a
+    picture of its completions of half-masked test images beside it (with
+    ``test_labels``).
+    """
     q = Quality(model.name, model.family, model.folder.name)
     q.file_hashes = repository.file_records(model.folder, model.graph_files())
-    if model.family in GENERATIVE:
-        images, labels = sample(model, samples, seed, f"{model.name}: sample")
-        if images.min() < -_RANGE_SLACK or images.max() > 1 + _RANGE_SLACK:
-            q.notes.append(f"samples span [{images.min():.2f}, {images.max():.2f}], not [0, 1]")
-        logits, features = classifier.run(images, f"{model.name}: classify")
-        q.fd = frechet_distance(Gaussian.fit(features), test)
-        if labels is not None:
-            q.class_accuracy = class_accuracy(logits, labels)
-            q.notes.append(f"conditional: {samples // model.num_classes:,} per class")
-    if "encoder" in model.config.get("graphs", {}) and "decoder" in model.config["graphs"]:
-        recons = reconstruct(model, test_images, f"{model.name}: reconstruct")
-        q.reconstruction_mse = float(np.mean((recons - test_images) ** 2))
-        if model.family == "ae":
-            _, features = classifier.run(recons, f"{model.name}: classify")
-            q.fd, q.fd_of_reconstructions = frechet_distance(Gaussian.fit(features), test), True
-            q.notes.append("cannot sample: FD of test reconstructions, not comparable")
-    if model.family not in EVALUATED:
-        q.notes.append(f"family {model.family!r} is not evaluated here")
+    with ServedRunner(model.folder) as runner:
+        if runner.can_sample:
+            labels = in_turn(samples, model.num_classes)
+            images = runner.generate(samples, seed, labels)
+            logits, features = classifier.run(images, f"{model.name}: classify")
+            q.fd = frechet_distance(Gaussian.fit(features), test)
+            if labels is not None:
+                q.class_accuracy = class_accuracy(logits, labels)
+                q.notes.append(f"conditional: {samples // model.num_classes:,} per class")
+        if runner.can_reconstruct:
+            recons = runner.reconstruct(test_images)
+            q.reconstruction_mse = float(np.mean((recons - test_images) ** 2))
+            if not runner.can_sample:
+                _, features = classifier.run(recons, f"{model.name}: classify")
+                q.fd, q.fd_of_reconstructions = frechet_distance(Gaussian.fit(features), test), True
+                q.notes.append("cannot sample: FD of test reconstructions, not comparable")
+        if not (runner.can_sample or runner.can_reconstruct):
+            q.notes.append(f"family {model.family!r} neither samples nor reconstructs images")
+        elif grid is not None:
+            images = grid_images(model, runner, test_images)
+            write_png(grid, tile(images, GRID_COLUMNS, scale=GRID_SCALE))
+        if runner.can_complete and grid is not None and test_labels is not None:
+            images = completion_images(model, runner, test_images, test_labels)
+            write_png(completions_path(grid), tile(images, GRID_COLUMNS, scale=GRID_SCALE))
+            q.completions = True
+    bits = (model.config.card.metrics or {}).get("test_bits_per_dim") if model.config.card else None
+    if bits is not None:
+        q.notes.append(f"test NLL {bits:.3f} bits/dim (from its card)")
     if model.name == BASELINE_MODEL:
         q.notes.insert(0, "**baseline**")
     return q
@@ -395,14 +390,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for model in tqdm(models, desc="models", unit="model"):
         try:
-            rows.append(
-                evaluate_model(
-                    model, classifier, test_stats, test.images, samples=args.samples, seed=args.seed
-                )
-            )
-            if model.family in EVALUATED:
-                grid = tile(grid_images(model, test.images), GRID_COLUMNS, scale=GRID_SCALE)
-                write_png(images_dir / f"{model.name}-samples.png", grid)
+            grid = images_dir / f"{model.name}-samples.png"
+            quality = evaluate_model(
+                model, classifier, test_stats, test.images, samples=args.samples,
+                seed=args.seed, grid=grid, test_labels=test.labels,
+            )  # fmt: skip
+            rows.append(quality)
         except Exception as e:  # a broken model becomes a row saying so, not a failed run
             logger.warning("%s: evaluation failed: %s", model.name, e)
             rows.append(
@@ -417,7 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         "classifier_test_accuracy": classifier.card["test_accuracy"],
         "command": _command(args),
     }
-    args.out.write_text(render_report(rows, floor, classifier.card, run))
+    from genserve.exporters import pipeline  # imports every exporter, and so torch
+
+    evaluations = {family: e.evaluation for family, e in pipeline.exporters().items()}
+    args.out.write_text(render_report(rows, floor, classifier.card, run, evaluations))
     if args.update_cards:
         baseline = next((q.fd for q in rows if q.name == BASELINE_MODEL), None)
         for model, q in zip(models, rows, strict=True):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 import time
 import warnings
@@ -35,13 +34,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from genserve.exporters import cli, onnx_export, repository, training
-from genserve.exporters.data import (
-    FASHION_CLASSES,
-    MNIST_CLASSES,
-    ImageDataset,
-    load_dataset,
-)
+from genserve.exporters import onnx_export, pipeline, training, vae
+from genserve.exporters.data import FASHION_CLASSES, MNIST_CLASSES, ImageDataset
 from genserve.exporters.gan_model import (
     GAN,
     LOSSES,
@@ -51,7 +45,8 @@ from genserve.exporters.gan_model import (
     discriminator_loss,
     generator_loss,
 )
-from genserve.exporters.vae import DATASET_CARDS, IMAGE_SHAPE
+from genserve.exporters.quality_report import BeatsBaseline, Evaluation
+from genserve.runtime.schema import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +151,9 @@ def load_checkpoint(path: Path) -> GAN:
     return training.load_checkpoint(path, GAN, GANConfig)
 
 
-def export_generator(generator: Generator, config: GANConfig, folder: Path) -> tuple[dict, dict]:
+def export_generator(
+    generator: Generator, config: GANConfig, folder: Path
+) -> tuple[dict[str, GraphSpec], dict]:
     """Write generator.onnx to ``folder`` (BatchNorm in eval mode) and check its parity.
 
     Returns:
@@ -181,152 +178,41 @@ def export_generator(generator: Generator, config: GANConfig, folder: Path) -> t
             generator, tuple(example), path, input_names=inputs, output_names=["image"]
         )
     worst = onnx_export.check_parity(generator, path, make_inputs)
-    graphs = {GRAPH: {"file": path.name, **onnx_export.graph_signature(onnx_model)}}
+    graphs = {GRAPH: onnx_export.graph_spec(onnx_model, path)}
     parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
     return graphs, parity
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "gan-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: GANConfig | None = None,
-    train_config: GANTrainConfig | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train a GAN, export and check its generator, and write a model-repository version.
+class GanExporter(pipeline.Exporter):
+    """The GAN's hooks: its alternating loop (its final losses are its metrics), the generator."""
 
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights, the shuffling and the latents.
-        model_config: the networks' shape; defaults to :class:`GANConfig` (unconditional).
-        train_config: loss, epochs, batch size, optimiser, step budget.
-        command: the command line for the model card; None writes the
-            equivalent ``python -m`` command.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
-
-    Returns:
-        The version folder.
-    """
-    model_config = model_config or GANConfig()
-    train_config = train_config or GANTrainConfig()
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    training.seed_everything(seed)
-    dataset = load_dataset(data, "train")
-    if model_config.conditional and model_config.num_classes != len(dataset.classes):
-        raise ValueError(
-            f"num_classes is {model_config.num_classes} but {data} has {len(dataset.classes)}"
-        )
-    model = GAN(model_config)
-    count = sum(p.numel() for p in model.generator.parameters())
-    logger.info("training %s: generator with %d parameters", name, count)
-    result = train_gan(model, dataset, train_config, seed=seed)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
-        graphs, parity = export_generator(model.generator, model_config, folder)
-        card = {
-            "description": _description(model_config, train_config, data),
-            "dataset": DATASET_CARDS[data],
-            "command": command
-            or _equivalent_command(out, name, version, data, seed, model_config, train_config),
-            "seed": seed,
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "training_time_s": result.training_time_s,
-            "metrics": {"final_losses": result.final_losses, "window_steps": result.window_steps},
-            "parity": parity,
-            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
-            "framework": {
-                "torch": torch.__version__.split("+")[0],
-                "onnx_opset": onnx_export.ONNX_OPSET,
-            },
-            "created_utc": repository.utc_now_iso(),
-        }
-        labels = list(dataset.classes) if model_config.conditional else []
-        config = _model_config(name, model_config, train_config, graphs, labels, card)
-        repository.write_config(folder, config)
-    return repository.version_dir(out, name, version)
-
-
-def _description(model: GANConfig, train: GANTrainConfig, data: str) -> str:
-    kind = "Class-conditional DCGAN" if model.conditional else "DCGAN"
-    inputs = "N(0, I) latents and class labels" if model.conditional else "N(0, I) latents"
-    return (
-        f"{kind} with a {model.latent_dim}-d latent trained with the {train.loss} loss on "
-        f"{DATASET_CARDS[data].split(',')[0]}; the generator maps {inputs} to 28x28 grey "
-        "images in [0, 1]."
-    )
-
-
-def _model_config(
-    name: str, model: GANConfig, train: GANTrainConfig, graphs: dict, labels: list, card: dict
-) -> dict:
-    return {
-        "name": name,
-        "family": "gan",
-        "graphs": graphs,
-        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
-        "max_num_samples": 256,
-        "params": {
-            "latent_dim": model.latent_dim,
-            "image_shape": list(IMAGE_SHAPE),
-            "conditional": model.conditional,
-            "loss": train.loss,
-        },
-        "labels": labels,
-        "card": card,
+    family = "gan"
+    prog = PROG
+    default_name = "gan-fashion"
+    evaluation = Evaluation(sampling="the generator on z ~ N(0, I)", goals=(BeatsBaseline("GAN"),))
+    quick_eval = False
+    parser_options = {
+        "latent_dim": GANConfig.latent_dim,
+        "epochs": GANTrainConfig.epochs,
+        "batch_size": GANTrainConfig.batch_size,
+        "learning_rate": None,
+        "max_steps_help": "stop after this many generator steps",
     }
 
+    def default_configs(self) -> tuple[GANConfig, GANTrainConfig]:
+        return GANConfig(), GANTrainConfig()
 
-def _equivalent_command(
-    out: Path,
-    name: str,
-    version: int,
-    data: str,
-    seed: int,
-    model: GANConfig,
-    train: GANTrainConfig,
-) -> str:
-    args = ["--out", str(out), "--name", name, "--version", str(version), "--epochs"]
-    args += [str(train.epochs), "--seed", str(seed), "--data", data, "--loss", train.loss]
-    args += ["--batch-size", str(train.batch_size), "--learning-rate", str(train.learning_rate)]
-    args += ["--latent-dim", str(model.latent_dim)]
-    if model.conditional:
-        args.append("--conditional")
-    if train.max_steps is not None:
-        args += ["--max-steps", str(train.max_steps)]
-    return f"{PROG} {shlex.join(args)}"
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--conditional", action="store_true", help="condition on class labels")
+        parser.add_argument("--loss", choices=LOSSES, default=GANTrainConfig.loss)
+        parser.add_argument(
+            "--learning-rate",
+            type=float,
+            help="Adam learning rate (default: 2e-4 bce, 1e-4 wgan-gp)",
+        )
+        parser.add_argument("--n-critic", type=int, default=GANTrainConfig.n_critic)
 
-
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.build_parser(
-        PROG,
-        __doc__.split("\n\n")[0],
-        "gan-fashion",
-        latent_dim=GANConfig.latent_dim,
-        epochs=GANTrainConfig.epochs,
-        batch_size=GANTrainConfig.batch_size,
-        learning_rate=None,
-        max_steps_help="stop after this many generator steps",
-    )
-    parser.add_argument("--conditional", action="store_true", help="condition on class labels")
-    parser.add_argument("--loss", choices=LOSSES, default=GANTrainConfig.loss)
-    parser.add_argument(
-        "--learning-rate", type=float, help="Adam learning rate (default: 2e-4 bce, 1e-4 wgan-gp)"
-    )
-    parser.add_argument("--n-critic", type=int, default=GANTrainConfig.n_critic)
-
-    def configs(args: argparse.Namespace) -> tuple[GANConfig, GANTrainConfig]:
+    def configs(self, args: argparse.Namespace) -> tuple[GANConfig, GANTrainConfig]:
         num_classes = len(DATASET_CLASSES[args.data]) if args.conditional else 0
         train_config = GANTrainConfig(
             epochs=args.epochs,
@@ -338,15 +224,48 @@ def main(argv: list[str] | None = None) -> None:
         )
         return GANConfig(latent_dim=args.latent_dim, num_classes=num_classes), train_config
 
-    cli.run(
-        PROG,
-        sys.argv[1:] if argv is None else argv,
-        parser,
-        configs,
-        train_and_export,
-        quick_eval=False,
-    )
+    def flags(self, run: pipeline.Run) -> list[str]:
+        model, train = run.model_config, run.train_config
+        flags = ["--loss", train.loss, "--latent-dim", str(model.latent_dim)]
+        if train.loss == "wgan-gp":
+            flags += ["--n-critic", str(train.n_critic)]
+        return flags + (["--conditional"] if model.conditional else [])
 
+    def build(self, run: pipeline.Run) -> GAN:
+        if run.model_config.conditional:
+            run.check_classes(run.model_config.num_classes)
+        return GAN(run.model_config)
+
+    def fit(self, model: GAN, run: pipeline.Run) -> pipeline.Trained:
+        result = train_gan(model, run.train, run.train_config, seed=run.seed)
+        metrics = {"final_losses": result.final_losses, "window_steps": result.window_steps}
+        return pipeline.Trained(result, metrics)
+
+    def export(self, model: GAN, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_generator(model.generator, model.config, folder)
+
+    def description(self, model: GAN, run: pipeline.Run) -> str:
+        conditional = model.config.conditional
+        kind = "Class-conditional DCGAN" if conditional else "DCGAN"
+        inputs = "N(0, I) latents and class labels" if conditional else "N(0, I) latents"
+        return (
+            f"{kind} with a {model.config.latent_dim}-d latent trained with the "
+            f"{run.train_config.loss} loss on {run.dataset_name}; the generator maps {inputs} "
+            "to 28x28 grey images in [0, 1]."
+        )
+
+    def sections(self, model: GAN, run: pipeline.Run) -> dict:
+        labels = tuple(run.train.classes) if model.config.conditional else ()
+        return vae.latent_sections(
+            model.config.latent_dim,
+            labels,
+            conditional=model.config.conditional,
+            loss=run.train_config.loss,
+        )
+
+
+EXPORTER = GanExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

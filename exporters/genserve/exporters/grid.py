@@ -1,34 +1,29 @@
-"""Render a grid of samples from a model-repository VAE decoder with ONNX Runtime.
+"""Render a grid of samples of a model-repository version, drawn by its family's serving code.
 
     python -m genserve.exporters.grid --model-dir models/vae-fashion/1 \\
         --out docs/images/vae-fashion-samples.png --seed 1
 
-Latents are drawn from N(0, I) with NumPy's generator seeded by ``--seed``, so
-the same decoder and seed give the same picture. Uses no torch.
+The samples are what Generate with ``--seed`` returns (for a latent model, its
+decoder on z ~ N(0, I) from NumPy's generator seeded by ``--seed``), so the
+same model and seed give the same picture. Uses no torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from genserve.exporters.served import ServedRunner
+
 
 def sample_images(model_dir: Path, count: int, seed: int) -> np.ndarray:
-    """Decode ``count`` latents z ~ N(0, I); returns (count, 1, H, W) in [0, 1]."""
-    config = json.loads((model_dir / "config.json").read_text())
-    decoder = config["graphs"]["decoder"]
-    latent_dim = decoder["inputs"][0]["shape"][1]
-    from genserve.exporters.onnx_export import cpu_session  # imports torch: only when sampling
-
-    session = cpu_session(model_dir / decoder["file"])
-    latent = np.random.default_rng(seed).standard_normal((count, latent_dim), dtype=np.float32)
-    (images,) = session.run(None, {decoder["inputs"][0]["name"]: latent})
-    return images
+    """``count`` samples of the version in ``model_dir``: (count, C, H, W) in [0, 1]."""
+    with ServedRunner(model_dir) as runner:
+        return runner.generate(count, seed)
 
 
 def tile(images: np.ndarray, columns: int, *, pad: int = 2, scale: int = 2) -> np.ndarray:

@@ -20,6 +20,9 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from genserve.runtime import schema
+from genserve.runtime.schema import GraphSpec
+
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
@@ -171,6 +174,11 @@ def graph_signature(model: onnx.ModelProto) -> dict[str, list[dict]]:
         "inputs": [describe(v) for v in model.graph.input],
         "outputs": [describe(v) for v in model.graph.output],
     }
+
+
+def graph_spec(model: onnx.ModelProto, path: Path) -> GraphSpec:
+    """The config's entry for a graph written to ``path``: its file and signature."""
+    return schema.from_json(GraphSpec, {"file": path.name, **graph_signature(model)})
 
 
 def cpu_session(path: Path | str | bytes) -> ort.InferenceSession:

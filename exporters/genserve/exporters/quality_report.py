@@ -1,19 +1,22 @@
 """What an evaluation writes: the goals, docs/quality.md, the sample grids and card figures.
 
 :mod:`genserve.exporters.evaluate` measures; this module only formats and
-writes what it measured. Uses no torch.
+writes what it measured. A family's own goals and the line on how it samples
+come from its exporter (:class:`Evaluation`); the goals every model shares
+are here. Uses no torch.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from genserve.exporters import repository
+from genserve.runtime.schema import Card
 
 if TYPE_CHECKING:
     from genserve.exporters.evaluate import Model, Quality
@@ -30,14 +33,108 @@ GRID_SEED, GRID_COLUMNS, GRID_SCALE = 1, 8, 2
 """Sample grids: latent seed, images per row, integer upscaling."""
 
 
-def goals(rows: list[Quality], floor: float) -> list[tuple[bool, str]]:
-    """The issue's goals, each with whether it is met and the figures behind it.
+class Goal(Protocol):
+    """A quality goal of one family."""
 
-    A goal whose models are absent is not met, and says so.
+    def check(self, family: str, rows: list[Quality]) -> tuple[bool, str]:
+        """Whether the family's models meet it, and the figures behind that."""
+        ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """How a family's models are judged, as its exporter declares it."""
+
+    sampling: str = ""
+    """How Generate draws its samples, for the report's method (empty: it cannot sample)."""
+    goals: tuple[Goal, ...] = ()
+    """Goals of this family beside those every model has."""
+
+
+def _sampled(rows: list[Quality]) -> list[Quality]:
+    """The rows with an FD of samples (not of reconstructions)."""
+    return [q for q in rows if q.fd is not None and not q.fd_of_reconstructions]
+
+
+def _lower_fd(goal: str, best: Quality, rival: Quality) -> tuple[bool, str]:
+    """Whether ``best`` has a lower FD than ``rival``, with both figures."""
+    ok = best.fd < rival.fd
+    sign = "<" if ok else ">="
+    return ok, f"{goal}: `{best.name}` {best.fd:.2f} {sign} `{rival.name}` {rival.fd:.2f}"
+
+
+@dataclass(frozen=True)
+class BeatsBaseline:
+    """The family's best model (unconditional ones first) has a lower FD than the baseline."""
+
+    label: str
+    """The family's name in the goal, e.g. "GAN"."""
+
+    def check(self, family: str, rows: list[Quality]) -> tuple[bool, str]:
+        goal = f"{self.label} beats VAE FD"
+        baseline = next((q for q in rows if q.name == BASELINE_MODEL and q.fd is not None), None)
+        candidates = [q for q in _sampled(rows) if q.family == family]
+        candidates = [q for q in candidates if q.class_accuracy is None] or candidates
+        if baseline is None:
+            return False, f"{goal}: not measured (`{BASELINE_MODEL}` is absent)"
+        if not candidates:
+            return False, f"{goal}: not measured (no `{family}` model yet)"
+        return _lower_fd(goal, min(candidates, key=lambda q: q.fd), baseline)
+
+
+@dataclass(frozen=True)
+class LowestFd:
+    """The family's best model has the lowest FD of every model that samples."""
+
+    label: str
+
+    def check(self, family: str, rows: list[Quality]) -> tuple[bool, str]:
+        goal = f"{self.label} has the lowest FD"
+        sampled = _sampled(rows)
+        mine = [q for q in sampled if q.family == family]
+        if not mine:
+            return False, f"{goal}: not measured (no `{family}` model yet)"
+        best = min(mine, key=lambda q: q.fd)
+        others = [q for q in sampled if q.family != family]
+        if not others:
+            return True, f"{goal}: `{best.name}` {best.fd:.2f}, the only model that samples"
+        return _lower_fd(goal, best, min(others, key=lambda q: q.fd))
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """The family's best conditional model puts at least this share in the requested class."""
+
+    label: str
+    minimum: float
+    how: str = ""
+    """How it is sampled for this, e.g. " with guidance"."""
+
+    def check(self, family: str, rows: list[Quality]) -> tuple[bool, str]:
+        goal = f"{self.label} class accuracy ≥ {self.minimum:.0%}{self.how}"
+        mine = [q for q in rows if q.family == family and q.class_accuracy is not None]
+        if not mine:
+            return False, f"{goal}: not measured (no conditional `{family}` model yet)"
+        best = max(mine, key=lambda q: q.class_accuracy)
+        text = f"{goal}: `{best.name}` {best.class_accuracy:.1%}"
+        return best.class_accuracy >= self.minimum, text
+
+
+def goals(
+    rows: list[Quality], floor: float, evaluations: Mapping[str, Evaluation]
+) -> list[tuple[bool, str]]:
+    """The goals, each with whether it is met and the figures behind it.
+
+    Each family's own goals (from ``evaluations``, family -> its exporter's
+    declaration) come first, then those of every model. A goal whose models
+    are absent is not met, and says so.
     """
-    baseline = next((q for q in rows if q.name == BASELINE_MODEL and q.fd is not None), None)
-    sampled = [q for q in rows if q.fd is not None and not q.fd_of_reconstructions]
-    out = [_beats_baseline(label, family, sampled, baseline) for label, family in _RIVALS]
+    out = [
+        goal.check(family, rows)
+        for family, evaluation in evaluations.items()
+        for goal in evaluation.goals
+    ]
+    sampled = _sampled(rows)
     goal = f"best model within {FD_FLOOR_GOAL:g}x floor"
     if sampled:
         best = min(sampled, key=lambda q: q.fd)
@@ -54,27 +151,6 @@ def goals(rows: list[Quality], floor: float) -> list[tuple[bool, str]]:
     if not conditional:
         out.append((False, f"{goal}: not measured (no conditional model)"))
     return out
-
-
-_RIVALS = (("GAN", "gan"), ("VAE-GAN", "vaegan"))
-"""The families that should beat the baseline, with the names the goals give them."""
-
-
-def _beats_baseline(
-    label: str, family: str, sampled: list[Quality], baseline: Quality | None
-) -> tuple[bool, str]:
-    """Whether the family's best model (unconditional ones first) beats the baseline's FD."""
-    goal = f"{label} beats VAE FD"
-    candidates = [q for q in sampled if q.family == family]
-    candidates = [q for q in candidates if q.class_accuracy is None] or candidates
-    if baseline is None:
-        return False, f"{goal}: not measured (`{BASELINE_MODEL}` is absent)"
-    if not candidates:
-        return False, f"{goal}: not measured (no `{family}` model yet)"
-    best = min(candidates, key=lambda q: q.fd)
-    ok = best.fd < baseline.fd
-    sign = "<" if ok else ">="
-    return ok, f"{goal}: `{best.name}` {best.fd:.2f} {sign} `{baseline.name}` {baseline.fd:.2f}"
 
 
 # -- outputs -------------------------------------------------------------------------------
@@ -103,24 +179,22 @@ def update_card(model: Model, q: Quality, figures: dict) -> bool:
     The graphs' sha256 are taken again and must equal those taken before the
     evaluation, so figures never land on a version rewritten meanwhile.
     """
-    path = model.folder / repository.CONFIG_FILE
-    config = json.loads(path.read_text())
+    config = repository.read_config(model.folder)
     records = repository.file_records(model.folder, model.graph_files())
     if records != q.file_hashes:
         logger.warning("%s changed during evaluation; its card is left alone", model.folder)
         return False
-    card = config.setdefault("card", {})
+    card = config.card or Card()
     for name, record in records.items():
-        old = card.get("files", {}).get(name, {})
-        if old.get("sha256") not in (None, record["sha256"]):
+        old = (card.files or {}).get(name)
+        if old is not None and old.sha256 != record.sha256:
             logger.warning("%s: card sha256 of %s was stale; corrected", model.name, name)
-    card["files"] = {**card.get("files", {}), **records}
-    card.setdefault("metrics", {})["quality"] = figures
-    descriptor, temp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=model.folder)
-    with os.fdopen(descriptor, "w") as f:
-        f.write(json.dumps(config, indent=2) + "\n")
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)  # a service reloading the folder never reads half a file
+    card = dataclasses.replace(
+        card,
+        files={**(card.files or {}), **records},
+        metrics={**(card.metrics or {}), "quality": figures},
+    )
+    repository.write_config(model.folder, dataclasses.replace(config, card=card))
     return True
 
 
@@ -132,7 +206,13 @@ def _cell(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def render_report(rows: list[Quality], floor: float, classifier_card: dict, run: dict) -> str:
+def render_report(
+    rows: list[Quality],
+    floor: float,
+    classifier_card: dict,
+    run: dict,
+    evaluations: Mapping[str, Evaluation],
+) -> str:
     """The Markdown of docs/quality.md: goals, table, method and sample grids."""
     accuracy = classifier_card["test_accuracy"]
     lines = [
@@ -149,7 +229,7 @@ def render_report(rows: list[Quality], floor: float, classifier_card: dict, run:
         "## Goals",
         "",
     ]
-    lines += [f"- {'✅' if ok else '❌'} {text}" for ok, text in goals(rows, floor)]
+    lines += [f"- {'✅' if ok else '❌'} {text}" for ok, text in goals(rows, floor, evaluations)]
     lines += [
         "",
         "## Results",
@@ -188,10 +268,16 @@ def render_report(rows: list[Quality], floor: float, classifier_card: dict, run:
         "- **FD** = ‖μ₁ - μ₂‖² + Tr(Σ₁ + Σ₂ - 2(Σ₁Σ₂)^½) between Gaussians fitted to the "
         "features of two image sets (Heusel et al., 2017, with this classifier in place of "
         "Inception).",
-        f"- **Samples**: {run['samples']:,} per model from its committed ONNX graphs on ONNX "
-        f"Runtime: the decoder (vae, aae, vaegan) or generator (gan) on z ~ N(0, I) from "
-        f"NumPy's generator seeded with {run['seed']}. Conditional models get the labels 0 to 9 "
-        "in turn, the same number per class.",
+        f"- **Samples**: {run['samples']:,} per model from its committed ONNX graphs, drawn by "
+        "the family's own serving code in process (its Generate, default sampler settings) "
+        f"on ONNX Runtime, seeded with {run['seed']} (requests of at most the model's "
+        "max_num_samples; each further request's seed is drawn from that one). Conditional "
+        "models get their labels in turn, the same number per class. "
+        + " ".join(
+            f"{family}: {evaluations[family].sampling}."
+            for family in sorted({q.family for q in rows})
+            if family in evaluations and evaluations[family].sampling
+        ),
         f"- **Floor**: {run['samples']:,} training images (drawn with the same seed) against "
         "the test images: as close as a perfect model gets with this many samples. "
         f"**Baseline**: `{BASELINE_MODEL}`.",
@@ -214,4 +300,19 @@ def render_report(rows: list[Quality], floor: float, classifier_card: dict, run:
         if q.fd is not None or q.reconstruction_mse is not None:
             image = f"![{q.name} samples](images/{q.name}-samples.png)"
             lines += [f"### `{q.name}`", "", image, ""]
+        if q.completions:
+            image = f"![{q.name} completions](images/{q.name}-completions.png)"
+            lines += [
+                f"Completions by `{q.name}` (Complete): top to bottom, test images, their "
+                "top halves (the bottom half unknown), and the bottom half drawn from "
+                "seeds 1, 2 and 3; known pixels are kept exactly.",
+                "",
+                image,
+                "",
+            ]
     return "\n".join(lines)
+
+
+def completions_path(grid: Path) -> Path:
+    """Where a model's completion picture goes: ``<name>-completions.png`` beside its grid."""
+    return grid.with_name(grid.name.replace("-samples.png", "-completions.png"))

@@ -2,41 +2,45 @@
 
 The folder is assembled in a hidden staging folder beside it and renamed into
 place only when everything in it is written, so a service watching the
-repository never sees a half-written version.
+repository never sees a half-written version. Its config.json is a
+:class:`~genserve.runtime.schema.ModelSpec`, the schema the services read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+from genserve.runtime.repository import CONFIG_FILE, read_config, sha256_of
+from genserve.runtime.schema import FileRecord, ModelSpec, to_json
+
+__all__ = [
+    "CONFIG_FILE",
+    "check_free",
+    "file_records",
+    "read_config",
+    "sha256_of",
+    "staged_version",
+    "utc_now_iso",
+    "version_dir",
+    "write_config",
+]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-_CHUNK_BYTES = 1 << 20
 
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_records(folder: Path, names: list[str]) -> dict[str, dict]:
-    """``{file name: {"sha256": ..., "bytes": ...}}`` for the model card."""
+def file_records(folder: Path, names: list[str]) -> dict[str, FileRecord]:
+    """The model card's record of each named file: its sha256 and size."""
     return {
-        name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size}
+        name: FileRecord(sha256=sha256_of(folder / name), bytes=(folder / name).stat().st_size)
         for name in names
     }
 
@@ -91,8 +95,21 @@ def staged_version(
     logger.info("wrote %s", final)
 
 
-def write_config(folder: Path, config: dict) -> Path:
-    """Write ``config.json`` (indented, keys in the given order, newline at the end)."""
+def write_config(folder: Path, config: ModelSpec | Mapping[str, Any]) -> Path:
+    """Write ``config.json``: indented, keys in the schema's order, newline at the end.
+
+    A mapping is checked against the schema first, so nothing the services
+    would refuse is written. The file is replaced in one step: a service
+    reloading the folder never reads half of it.
+
+    Raises:
+        ModelConfigError: the config does not fit the schema; names the field.
+    """
+    spec = config if isinstance(config, ModelSpec) else ModelSpec.from_json(to_json(config))
+    descriptor, temp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=folder)
+    with os.fdopen(descriptor, "w") as f:
+        f.write(json.dumps(spec.to_json(), indent=2) + "\n")
+    os.chmod(temp, 0o644)
     path = folder / CONFIG_FILE
-    path.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(temp, path)
     return path

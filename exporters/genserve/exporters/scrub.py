@@ -9,15 +9,14 @@ sha256 and size that the model card records.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from genserve.exporters import onnx_export
-from genserve.exporters.repository import sha256_file
+from genserve.exporters import onnx_export, repository
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +54,10 @@ def scrub_version(folder: Path) -> list[str]:
     """Scrub a version folder's graphs and update its card; the files changed."""
     changed = [p.name for p in sorted(folder.glob("*.onnx")) if scrub_file(p)]
     if changed:
-        config_path = folder / "config.json"
-        config = json.loads(config_path.read_text())
-        for name in changed:
-            record = config["card"]["files"][name]
-            record["sha256"] = sha256_file(folder / name)
-            record["bytes"] = (folder / name).stat().st_size
-        config_path.write_text(json.dumps(config, indent=2) + "\n")
+        config = repository.read_config(folder)
+        files = {**config.card.files, **repository.file_records(folder, changed)}
+        card = dataclasses.replace(config.card, files=files)
+        repository.write_config(folder, dataclasses.replace(config, card=card))
     return changed
 
 

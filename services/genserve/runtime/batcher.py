@@ -28,6 +28,7 @@ import numpy as np
 
 from genserve.runtime import metrics
 from genserve.runtime.errors import DeadlineExceeded, GenserveError, ResourceExhausted, Unavailable
+from genserve.runtime.schema import BatchPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +36,6 @@ _EWMA_WEIGHT = 0.25  # weight of the newest batch in the requests-per-batch aver
 
 Arrays = dict[str, np.ndarray]
 RunBatch = Callable[[Arrays], Arrays]
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    """How one graph's requests are merged."""
-
-    max_batch_size: int = 64
-    """Most rows in one session run; 1 turns batching off."""
-    max_queue_delay_ms: float = 2.0
-    """Longest wait after the first request of a batch for others to join."""
-    max_queue_size: int = 1024
-    """Most requests waiting; one more is refused with RESOURCE_EXHAUSTED."""
-    adaptive_delay: bool = True
-    """Stop waiting once a batch holds as many requests as recent batches did,
-    so a lone caller never pays the queue delay; False always waits the delay
-    out (as Triton's dynamic batcher does) unless the batch fills."""
-
-    def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_queue_delay_ms < 0:
-            raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
-        if self.max_queue_size < 1:
-            raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
 
 
 @dataclass(eq=False)

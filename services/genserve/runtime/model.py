@@ -121,19 +121,19 @@ class LoadContext:
         """Open one graph of a model version."""
         if role not in config.graphs:
             raise errors.GenserveError(f"model {config.name} has no graph {role!r}")
-        return Graph(config.graphs[role].path, self.session_options)
+        return Graph(config.graph_path(role), self.session_options)
 
     def batched_graph(self, config: ModelConfig, role: str) -> RequestBatcher:
         """Open one graph behind a request batcher (not started)."""
         graph = self.open_graph(config, role)
-        policy = dataclasses.replace(config.batching, **self.batching_overrides)
+        policy = dataclasses.replace(config.batch_policy, **self.batching_overrides)
         return RequestBatcher(
             graph.run, policy, model=config.name, graph=role, executor=self.executor
         )
 
     def step_worker(self, config: ModelConfig, sampler: str, step: Step) -> StepWorker:
         """A step worker (not started) running `step` for one of the model's samplers."""
-        policy = dataclasses.replace(config.stepping, **self.stepping_overrides)
+        policy = dataclasses.replace(config.step_policy, **self.stepping_overrides)
         return StepWorker(step, policy, model=config.name, sampler=sampler, executor=self.executor)
 
 

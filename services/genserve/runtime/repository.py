@@ -2,87 +2,40 @@
 
 A version folder holds the ONNX graph files and a config.json naming the
 family, each graph's file and tensor signature, the batching policy, sampler
-defaults, labels and the model card (with the sha256 of every file). Loading
-checks all of it and quotes whatever is wrong.
+defaults, labels and the model card (with the sha256 of every file); its
+schema is `genserve.runtime.schema`. Loading checks all of it, and that the
+files are there and are those the card records, and quotes whatever is wrong.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from genserve.runtime.batcher import BatchPolicy
-from genserve.runtime.scheduler import StepPolicy
+from genserve.runtime.schema import NOT_IN_FILE, Card, ModelConfigError, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-DTYPES = ("float32", "float16", "int64", "int32", "uint8", "bool")
 
 
-class ModelConfigError(ValueError):
-    """A version folder whose config or files are wrong."""
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelSpec):
+    """A loaded, checked config.json of one model version, and where the version lies."""
 
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One graph input or output."""
-
-    name: str
-    """The tensor's name in the ONNX graph."""
-    dtype: str
-    """One of DTYPES."""
-    shape: tuple[int, ...]
-    """Dimensions; -1 for a dynamic one such as the batch axis."""
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """One ONNX graph of a model."""
-
-    name: str
-    """The graph's role, e.g. "encoder"."""
-    path: Path
-    """The .onnx file."""
-    inputs: tuple[TensorSpec, ...]
-    """The graph's inputs."""
-    outputs: tuple[TensorSpec, ...]
-    """The graph's outputs."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """A loaded, checked config.json of one model version."""
-
-    name: str
-    """The model's name; equals its folder's name."""
-    family: str
-    """The family that serves it, e.g. "vae"."""
-    version: str
+    version: str = field(metadata=NOT_IN_FILE)
     """The version folder's name (digits)."""
-    path: Path
+    path: Path = field(metadata=NOT_IN_FILE)
     """The version folder."""
-    graphs: dict[str, GraphSpec]
-    """Graphs by role."""
-    batching: BatchPolicy
-    """Request batching policy for its one-shot graphs (the `batching` section)."""
-    stepping: StepPolicy = field(default_factory=StepPolicy)
-    """Step scheduling policy for its iterative samplers (the `stepping` section)."""
-    max_num_samples: int = 256
-    """The most samples one request may ask for."""
-    params: dict[str, Any] = field(default_factory=dict)
-    """Family parameters, e.g. latent_dim and image_shape."""
-    labels: tuple[str, ...] = ()
-    """Class names, for class-conditional models."""
-    card: dict[str, Any] = field(default_factory=dict)
-    """The model card: data, command, seed, metrics, parity, file hashes."""
-    raw: dict[str, Any] = field(default_factory=dict)
-    """The config file as read."""
+
+    def graph_path(self, role: str) -> Path:
+        """The .onnx file of one graph."""
+        return self.path / self.graphs[role].file
 
 
 def sha256_of(path: Path) -> str:
@@ -94,52 +47,21 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _tensor(where: str, spec: Any) -> TensorSpec:
-    if not isinstance(spec, dict) or not {"name", "dtype", "shape"} <= spec.keys():
-        raise ModelConfigError(f"{where}: needs name, dtype and shape, got {spec!r}")
-    if spec["dtype"] not in DTYPES:
-        raise ModelConfigError(f"{where}.dtype: {spec['dtype']!r} is not one of {DTYPES}")
-    return TensorSpec(str(spec["name"]), spec["dtype"], tuple(int(d) for d in spec["shape"]))
-
-
-def _graph(folder: Path, name: str, spec: Any) -> GraphSpec:
-    where = f"graphs.{name}"
-    if not isinstance(spec, dict) or "file" not in spec:
-        raise ModelConfigError(f"{where}: needs a file, got {spec!r}")
-    path = folder / spec["file"]
-    if not path.is_file():
-        raise ModelConfigError(f"{where}.file: {spec['file']!r} does not exist in {folder}")
-    inputs = tuple(_tensor(f"{where}.inputs[{i}]", t) for i, t in enumerate(spec.get("inputs", [])))
-    outputs = tuple(
-        _tensor(f"{where}.outputs[{i}]", t) for i, t in enumerate(spec.get("outputs", []))
-    )
-    return GraphSpec(name, path, inputs, outputs)
-
-
-def _check_hashes(folder: Path, card: dict[str, Any]) -> None:
-    """Every file the card lists must have the sha256 the card records."""
-    for file_name, entry in card.get("files", {}).items():
-        expected = entry.get("sha256") if isinstance(entry, dict) else entry
+def _check_files(folder: Path, spec: ModelSpec) -> None:
+    """Every graph file exists, and every file the card lists has the sha256 it records."""
+    for role, graph in spec.graphs.items():
+        if not (folder / graph.file).is_file():
+            raise ModelConfigError(f"graphs.{role}.file: {graph.file!r} does not exist in {folder}")
+    for file_name, record in ((spec.card or Card()).files or {}).items():
         actual = sha256_of(folder / file_name)
-        if expected and actual != expected:
+        if record.sha256 and actual != record.sha256:
             raise ModelConfigError(
-                f"card.files.{file_name}: sha256 {actual} does not match the card's {expected}"
+                f"card.files.{file_name}: sha256 {actual} does not match the card's {record.sha256}"
             )
 
 
-def _policy(kind: type, section: str, raw: dict[str, Any]):
-    """One typed policy section of config.json; its defaults when absent."""
-    values = raw.get(section, {})
-    if not isinstance(values, dict):
-        raise ModelConfigError(f"{section}: must be an object, got {values!r}")
-    try:
-        return kind(**values)
-    except (TypeError, ValueError) as exc:
-        raise ModelConfigError(f"{section}: {exc}") from None
-
-
-def load_config(folder: Path) -> ModelConfig:
-    """Read and check one version folder.
+def read_config(folder: Path) -> ModelConfig:
+    """Read one version folder's config.json, checked against the schema; no other file is read.
 
     Raises:
         ModelConfigError: naming the bad key and quoting the bad value.
@@ -151,33 +73,23 @@ def load_config(folder: Path) -> ModelConfig:
         raise ModelConfigError(f"{config_path} is missing") from None
     except json.JSONDecodeError as exc:
         raise ModelConfigError(f"{config_path} is not valid JSON: {exc}") from None
+    spec = ModelSpec.from_json(raw)
     name = folder.parent.name
-    if raw.get("name", name) != name:
-        raise ModelConfigError(f"name: {raw['name']!r} differs from its folder {name!r}")
-    if not isinstance(raw.get("family"), str):
-        raise ModelConfigError(f"family: needs a family name, got {raw.get('family')!r}")
-    graphs = {g: _graph(folder, g, spec) for g, spec in raw.get("graphs", {}).items()}
-    batching = _policy(BatchPolicy, "batching", raw)
-    stepping = _policy(StepPolicy, "stepping", raw)
-    max_num_samples = int(raw.get("max_num_samples", 256))
-    if max_num_samples < 1:
-        raise ModelConfigError(f"max_num_samples: must be >= 1, got {max_num_samples}")
-    card = raw.get("card", {})
-    _check_hashes(folder, card)
-    return ModelConfig(
-        name=name,
-        family=raw["family"],
-        version=folder.name,
-        path=folder,
-        graphs=graphs,
-        batching=batching,
-        stepping=stepping,
-        max_num_samples=max_num_samples,
-        params=dict(raw.get("params", {})),
-        labels=tuple(raw.get("labels", [])),
-        card=card,
-        raw=raw,
-    )
+    if spec.name not in (None, name):
+        raise ModelConfigError(f"name: {spec.name!r} differs from its folder {name!r}")
+    fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}
+    return ModelConfig(**{**fields, "name": name}, version=folder.name, path=folder)
+
+
+def load_config(folder: Path) -> ModelConfig:
+    """Read and check one version folder: its config, and that its files are the card's.
+
+    Raises:
+        ModelConfigError: naming the bad key and quoting the bad value.
+    """
+    config = read_config(folder)
+    _check_files(folder, config)
+    return config
 
 
 FolderFingerprint = tuple[tuple[str, int, int, int], ...]

@@ -17,6 +17,13 @@ calls a session (in the spirit of vLLM's `v1/core/sched/interface.py`):
   are done leave.
 - `abort(seq)`: the caller went away; the sequence leaves at the next step.
 
+`StepPolicy.admission` says when waiting sequences may join. "step" (the
+default) is the above: at every step boundary with a free slot. "request" is
+request-level (static) batching, kept to measure step batching against:
+waiting sequences join only when the running set is empty, so a batch runs
+to its longest member's end before the next starts (a request of several
+sequences joins whole if the free slots hold it, else in pieces).
+
 The per-sequence state (the image being denoised, a KV cache) is the
 sampler's and stays out of this module, so a CUDA sampler can keep it on the
 device in per-slot buffers between steps; `Sequence.slot` names the running
@@ -52,20 +59,35 @@ class Leave(enum.Enum):
     DEADLINE = "deadline"
 
 
+class Admission(str, enum.Enum):
+    """When waiting sequences join the running set."""
+
+    STEP = "step"
+    """At every step boundary with a free slot (continuous batching)."""
+    REQUEST = "request"
+    """Only when the running set is empty (request-level batching, for comparison)."""
+
+
 @dataclass(frozen=True)
 class StepPolicy:
-    """How many sequences a sampler runs and holds."""
+    """How many sequences a sampler runs and holds, and when they join."""
 
     max_running: int = 32
     """Sequences in one step (slots); the cap that bounds a session's memory."""
     max_waiting: int = 256
     """Sequences waiting for a slot; one more is refused with RESOURCE_EXHAUSTED."""
+    admission: Admission = Admission.STEP
+    """"step" (join at any step boundary) or "request" (join only an empty running set)."""
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError(f"max_running must be >= 1, got {self.max_running}")
         if self.max_waiting < 0:
             raise ValueError(f"max_waiting must be >= 0, got {self.max_waiting}")
+        if self.admission not in tuple(Admission):
+            choices = ", ".join(a.value for a in Admission)
+            raise ValueError(f"admission must be one of {choices}, got {self.admission!r}")
+        object.__setattr__(self, "admission", Admission(self.admission))  # "step" from JSON
 
 
 @dataclass(eq=False)
@@ -176,10 +198,14 @@ class StepScheduler:
         return gone
 
     def _admit(self) -> list[Sequence]:
-        """Fill free slots from the waiting queue; return the waiting ones that left."""
+        """Fill free slots from the waiting queue; return the waiting ones that left.
+
+        Under request admission nobody joins a running set that is not empty.
+        """
         gone = []
         free = (s for s in range(self.policy.max_running) if s not in self._running)
-        while self._waiting and len(self._running) < self.policy.max_running:
+        closed = self.policy.admission is Admission.REQUEST and bool(self._running)
+        while not closed and self._waiting and len(self._running) < self.policy.max_running:
             *_, seq = heapq.heappop(self._waiting)
             if self._evict([seq]) or seq.left is not None:
                 gone.append(seq)

@@ -71,9 +71,9 @@ def _graph_signatures(model: ServedModel) -> list[pb.GraphSignature]:
 
     return [
         pb.GraphSignature(
-            name=g.name, inputs=[spec(t) for t in g.inputs], outputs=[spec(t) for t in g.outputs]
+            name=role, inputs=[spec(t) for t in g.inputs], outputs=[spec(t) for t in g.outputs]
         )
-        for g in model.config.graphs.values()
+        for role, g in model.config.graphs.items()
     ]
 
 
@@ -141,7 +141,7 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         return pb.DescribeModelResponse(
             info=model_info(model),
             graphs=_graph_signatures(model),
-            config_json=json.dumps(model.config.raw, sort_keys=True),
+            config_json=json.dumps(model.config.to_json(), sort_keys=True),
         )
 
     @_holding(GENERATE)
@@ -256,6 +256,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
                 "mask.shape",
                 f"must be (1 or {n}, {', '.join(map(str, shape))}), got {list(mask.shape)}",
             )
+        if not np.isin(mask, (0.0, 1.0)).all():
+            raise convert.InvalidArgument("mask", "every value must be 0 (unknown) or 1 (known)")
         params = convert.GenerateParams(
             num_samples=n,
             seed=convert.seed_of(request),
@@ -263,7 +265,7 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             sampler=convert.sampler(request.sampler),
             deadline=_deadline(context),
         )
-        output = await model.complete(images, (mask > 0.5).astype(np.float32), params)
+        output = await model.complete(images, mask, params)
         return pb.CompleteResponse(
             model_name=model.name,
             model_version=model.config.version,

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from genserve.runtime import metrics
@@ -52,6 +52,17 @@ class _Stepped:
 
     steps: int
     finished: bool
+
+
+@dataclass
+class _Inbox:
+    """Where a sequence's caller is woken, and with what."""
+
+    every_step: bool
+    """Wake the caller after every step; False: only when the sequence ends."""
+    added: float
+    """Clock time the sequence was added, for time to first step."""
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
 
 
 class StepWorker:
@@ -105,8 +116,12 @@ class StepWorker:
         *,
         priority: Priority = Priority.NORMAL,
         deadline: float | None = None,
+        every_step: bool = True,
     ) -> AsyncIterator[Sequence]:
         """Add a sequence; yield it after every step it takes, the last time finished.
+
+        With ``every_step`` False it is yielded once, finished: a caller that
+        only wants the result is not woken at every step.
 
         Raises:
             ResourceExhausted: the waiting queue is full.
@@ -117,17 +132,14 @@ class StepWorker:
             raise Unavailable("the server is shutting down")
         seq = Sequence(state=state, priority=priority, deadline=deadline)
         self.scheduler.add(seq)
-        inbox = self._inboxes[seq] = asyncio.Queue()
+        inbox = self._inboxes[seq] = _Inbox(every_step, self._clock())
         self._gauges()
         self._wake.set()
-        added = self._clock()
         try:
             while True:
-                news = await inbox.get()
+                news = await inbox.queue.get()
                 if not isinstance(news, _Stepped):
                     raise news
-                if news.steps == 1:
-                    metrics.TIME_TO_FIRST_STEP.labels(**self._labels).observe(self._clock() - added)
                 yield seq
                 if news.finished:
                     metrics.STEPS_PER_SEQUENCE.labels(**self._labels).observe(news.steps)
@@ -169,13 +181,22 @@ class StepWorker:
         finally:
             metrics.STEP_DURATION.labels(**self._labels).observe(time.monotonic() - started)
         self.scheduler.update(batch, finished)
+        self._gauges()  # the finished left: the gauges must not keep them once work stops
+        now = self._clock()
         for seq in batch:
-            self._tell(seq, _Stepped(seq.steps, seq.left is Leave.FINISHED))
+            inbox = self._inboxes.get(seq)
+            if inbox is None:
+                continue
+            if seq.steps == 1:
+                metrics.TIME_TO_FIRST_STEP.labels(**self._labels).observe(now - inbox.added)
+            done = seq.left is Leave.FINISHED
+            if done or inbox.every_step:
+                inbox.queue.put_nowait(_Stepped(seq.steps, done))
 
     def _tell(self, seq: Sequence, news: object) -> None:
         inbox = self._inboxes.get(seq)
         if inbox is not None:
-            inbox.put_nowait(news)
+            inbox.queue.put_nowait(news)
 
     def _gauges(self) -> None:
         metrics.SEQUENCES_WAITING.labels(**self._labels).set(self.scheduler.num_waiting)

@@ -28,8 +28,8 @@ from genserve.client.results import (
     ImagesResult,
     ModelDescription,
     ModelInfo,
+    StreamDecoder,
     StreamEvent,
-    stream_event,
 )
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
@@ -499,11 +499,11 @@ class AsyncClient:
         while True:
             timeout = attempts.start()
             call = self._stub.GenerateStream(request, timeout=timeout, metadata=attempts.metadata)
-            received = False
+            received, decode = False, StreamDecoder()
             try:
                 async for response in call:
                     received = True
-                    event = stream_event(response)
+                    event = decode(response)
                     if event is not None:
                         yield event
                 return

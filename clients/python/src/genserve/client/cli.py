@@ -3,6 +3,7 @@
     genserve models [--json] [--family F]
     genserve describe MODEL
     genserve generate --model vae-fashion -n 16 --seed 1 -o grid.png
+    genserve generate --model diffusion-fashion -n 4 -o grid.png --preview-every 5
     genserve encode --model vae-fashion --images a.png b.png [--json]
     genserve reconstruct --model vae-fashion --images a.png b.png -o out.png
 
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,17 @@ import grpc
 import numpy as np
 
 from genserve.client import images as image_io
+from genserve.client._progress import ProgressBar, preview_strip
 from genserve.client._transport import DEFAULT_ADDR
 from genserve.client.client import Client
 from genserve.client.errors import GenserveError
-from genserve.client.results import GenerateResult, ModelInfo, StepProgress, TokenDelta
+from genserve.client.results import (
+    GenerateResult,
+    ModelInfo,
+    Preview,
+    StepProgress,
+    TokenDelta,
+)
 
 _BAD_INPUT = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -38,6 +47,15 @@ _BAD_INPUT = {
 
 class _UsageError(Exception):
     """A problem with the command's own arguments, found after parsing."""
+
+
+@dataclass
+class _Streamed:
+    """What a streamed generation left: the result, whether its text was printed, previews."""
+
+    result: GenerateResult
+    printed: bool = False
+    previews: list[Preview] = field(default_factory=list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -151,6 +169,18 @@ def _add_generate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--truncation", type=float)
     parser.add_argument("--eta", type=float, help="DDIM's eta for diffusion, in [0, 1]")
     parser.add_argument("--stream", action="store_true", help="show progress and text as it comes")
+    parser.add_argument(
+        "--preview-every",
+        type=_positive_int,
+        metavar="K",
+        help="stream, and write the images every K steps as a strip PNG (needs -o)",
+    )
+    parser.add_argument(
+        "--preview-out",
+        type=Path,
+        metavar="PATH",
+        help="where to write the strip (default: beside -o, e.g. grid-previews.png)",
+    )
     _add_grid_options(parser, required=False)
 
 
@@ -158,6 +188,16 @@ def _add_grid_options(parser: argparse.ArgumentParser, *, required: bool) -> Non
     parser.add_argument("-o", "--output", type=Path, required=required, help="PNG file to write")
     parser.add_argument("--nrow", type=int, help="images per row of the grid")
     parser.add_argument("--scale", type=int, default=1, help="enlarge each image this many times")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def _header(text: str) -> tuple[str, str]:
@@ -193,6 +233,7 @@ def _describe(client: Client, args: argparse.Namespace) -> int:
 
 
 def _generate(client: Client, args: argparse.Namespace) -> int:
+    _check_preview_options(args)
     options: dict[str, Any] = {
         "seed": args.seed,
         "class_labels": _labels(client, args),
@@ -207,42 +248,61 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
         "truncation": args.truncation,
         "eta": args.eta,
     }
-    if args.stream:
-        result, printed = _generate_streamed(client, args, options)
+    if args.stream or args.preview_every:
+        streamed = _generate_streamed(client, args, options)
     else:
-        result, printed = client.generate(args.model, args.num_samples, **options), False
+        streamed = _Streamed(client.generate(args.model, args.num_samples, **options))
+    result = streamed.result
     print(f"seed: {result.seed}", file=sys.stderr)
-    if result.texts and not printed:
+    if result.texts and not streamed.printed:
         for i, text in enumerate(result.texts):
             if len(result.texts) > 1:
                 print(f"--- sample {i}")
             print(text)
     if result.images is not None:
         _write_grid(result.images, args)
+    if args.preview_every:
+        _write_strip(streamed, args)
     return 0
+
+
+def _check_preview_options(args: argparse.Namespace) -> None:
+    """Before any call: the strip needs --preview-every, and -o for the final images."""
+    if args.preview_out is not None and not args.preview_every:
+        raise _UsageError("--preview-out needs --preview-every K")
+    if args.preview_every and args.output is None:
+        raise _UsageError("--preview-every needs -o FILE.png for the final images")
 
 
 def _generate_streamed(
     client: Client, args: argparse.Namespace, options: dict[str, Any]
-) -> tuple[GenerateResult, bool]:
-    """Stream a generation: progress to stderr, text of a single sample as it comes."""
+) -> _Streamed:
+    """Stream a generation: a progress bar on stderr, text of a single sample as it comes."""
     live = (args.num_samples or 1) == 1
-    progress = tokens = False
-    for event in client.generate_stream(args.model, args.num_samples, **options):
-        if isinstance(event, StepProgress):
-            print(f"\rstep {event.step}/{event.total_steps}", end="", file=sys.stderr)
-            progress = True
-        elif isinstance(event, TokenDelta) and live:
-            if progress and not tokens:
-                print(file=sys.stderr)
-            print(event.text, end="", flush=True)
-            tokens = True
-        elif isinstance(event, GenerateResult):
-            if progress and not tokens:
-                print(file=sys.stderr)
-            if tokens:
-                print()
-            return event, tokens
+    bar = ProgressBar(sys.stderr, label=args.model)
+    previews: list[Preview] = []
+    tokens = False
+    events = client.generate_stream(
+        args.model, args.num_samples, preview_every_steps=args.preview_every or 0, **options
+    )
+    try:
+        for event in events:
+            if isinstance(event, StepProgress) and not tokens:
+                bar.update(event.step, event.total_steps)
+            elif isinstance(event, Preview):
+                previews.append(event)
+            elif isinstance(event, TokenDelta) and live:
+                if not tokens:
+                    bar.close()
+                print(event.text, end="", flush=True)
+                tokens = True
+            elif isinstance(event, GenerateResult):
+                bar.close()
+                if tokens:
+                    print()
+                return _Streamed(event, tokens, previews)
+    finally:
+        bar.close()  # an error or Ctrl-C starts on a line of its own
     raise GenserveError("the stream ended without a result", code=grpc.StatusCode.INTERNAL)
 
 
@@ -318,6 +378,26 @@ def _interpolate(client: Client, args: argparse.Namespace) -> int:
     args.nrow = args.nrow or len(frames)
     _write_grid(frames, args)
     return 0
+
+
+def _write_strip(streamed: _Streamed, args: argparse.Namespace) -> None:
+    """The previews in step order, then the final images: a column each, a row per sample."""
+    if streamed.result.images is None:
+        raise _UsageError("--preview-every: the model returned no images")
+    columns = [_preview_images(p) for p in streamed.previews] + [streamed.result.images]
+    path = args.preview_out or args.output.with_name(
+        f"{args.output.stem}-previews{args.output.suffix or '.png'}"
+    )
+    image_io.save_png(preview_strip(columns, scale=args.scale), path)
+    steps = ", ".join(str(p.step) for p in streamed.previews)
+    shown = f"previews after steps {steps} and" if steps else "no previews (none came), only"
+    print(f"wrote {shown} the final images to {path}", file=sys.stderr)
+
+
+def _preview_images(preview: Preview) -> np.ndarray:
+    if preview.images is not None:
+        return preview.images
+    return np.stack([image_io.from_png_bytes(png) for png in preview.pngs])
 
 
 def _write_grid(images: np.ndarray, args: argparse.Namespace) -> None:

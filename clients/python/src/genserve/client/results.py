@@ -211,27 +211,61 @@ class TokenDelta:
 
 @dataclass
 class Preview:
-    """A stream event: the partial images so far (`images` or `pngs`)."""
+    """A stream event: the partial images so far, one per sample.
+
+    Attributes:
+        images: float32 (N, C, H, W) in [0, 1], as in `GenerateResult.images`,
+            when the stream asked for tensors (the default).
+        pngs: One PNG file per image when PNG output was asked for.
+        step: The sampler step the images were taken after: that of the last
+            StepProgress before this preview; 0 when none came before it.
+    """
 
     images: np.ndarray | None = None
     pngs: list[bytes] = field(default_factory=list)
+    step: int = 0
 
 
 StreamEvent = StepProgress | TokenDelta | Preview | GenerateResult
 
 
-def stream_event(response: pb.GenerateStreamResponse) -> StreamEvent | None:
-    """One streamed response as an event; None for an event this client does not know."""
+def stream_event(response: pb.GenerateStreamResponse, step: int = 0) -> StreamEvent | None:
+    """One streamed response as an event; None for an event this client does not know.
+
+    Args:
+        response: The response.
+        step: The step of the stream's last progress event, given to a preview.
+    """
     kind = response.WhichOneof("event")
     if kind == "progress":
         return StepProgress(response.progress.step, response.progress.total_steps)
     if kind == "token":
         return TokenDelta(response.token.sample_index, response.token.text)
     if kind == "preview":
-        return Preview(*_images(response.preview))
+        return Preview(*_images(response.preview), step=step)
     if kind == "result":
         return GenerateResult.from_proto(response.result)
     return None
+
+
+class StreamDecoder:
+    """Turns one stream's responses into events, in order; a preview gets its step.
+
+    Both clients use one per call:
+
+        decode = StreamDecoder()
+        for response in call:
+            event = decode(response)
+    """
+
+    def __init__(self) -> None:
+        self._step = 0
+
+    def __call__(self, response: pb.GenerateStreamResponse) -> StreamEvent | None:
+        event = stream_event(response, self._step)
+        if isinstance(event, StepProgress):
+            self._step = event.step
+        return event
 
 
 def _images(images: tensor_pb2.Images) -> tuple[np.ndarray | None, list[bytes]]:
