@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -204,17 +204,22 @@ def onnxruntime_in_use(service_log: Path | None) -> str:
     return f"onnxruntime {onnxruntime.__version__} (provider not logged; available: {available})"
 
 
-def machine_info(deployments: Sequence[Deployment]) -> dict[str, Any]:
-    """What the numbers were measured on."""
+def describe_machine(service_log: Path | None) -> dict[str, Any]:
+    """What the numbers were measured on; the onnxruntime provider as `service_log` names it."""
     return {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "gpu": gpu_name(),
-        "onnxruntime": onnxruntime_in_use(deployments[0].service_log if deployments else None),
+        "onnxruntime": onnxruntime_in_use(service_log),
         "python": platform.python_version(),
         "os": f"{platform.system()} {platform.release()}",
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+
+
+def machine_info(deployments: Sequence[Deployment]) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return describe_machine(deployments[0].service_log if deployments else None)
 
 
 def relative(path: Path) -> str:
@@ -304,6 +309,19 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, log_dir: Path) -
     }
 
 
+def run_in_tempdir(prefix: str, run: Callable[[Path], dict[str, Any]]) -> dict[str, Any] | None:
+    """`run(a temporary folder)`'s results, or None (the reason printed) when the benchmark fails.
+
+    The folder, named `prefix` and a random part, is removed afterwards, on Ctrl-C too.
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            return run(Path(tmp))
+    except (ProcessError, BenchError) as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return None
+
+
 def write_outputs(results: dict[str, Any], out: Path, json_out: Path, chart: Path | None) -> None:
     """Write the raw JSON, the chart and the Markdown report (keeping its reading section)."""
     json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -334,11 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no {args.model} model under {args.models}/: export it first", file=sys.stderr)
         return 2
     started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="genserve-bench-") as tmp:
-            results = run(args, defaults, Path(args.log_dir or tmp))
-    except (ProcessError, BenchError) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+    results = run_in_tempdir(
+        "genserve-bench-", lambda tmp: run(args, defaults, Path(args.log_dir or tmp))
+    )
+    if results is None:
         return 1
     write_outputs(results, Path(args.out), Path(args.json_out), chart)
     written = f"{relative(Path(args.out))} and {relative(Path(args.json_out))}"

@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
+from genserve.v1 import model_service_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED_VAE = ROOT / "models" / "vae-fashion"
@@ -88,6 +90,57 @@ def train_tiny_vae(out: Path, name: str = TINY, steps: int = 40) -> Path:
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, f"exporter failed:\n{done.stderr[-3000:]}"
     return out / name / "1"
+
+
+def train_tiny_diffusion(out: Path, name: str, timesteps: int = 50) -> Path:
+    """Train (2 batches) and export a tiny DDPM noise predictor with the real exporter CLI.
+
+    Returns its version folder, `out/name/1`. `timesteps` is the schedule's length:
+    the most steps a request may ask for.
+    """
+    command = [
+        sys.executable, "-m", "genserve.exporters.diffusion", "--out", str(out),
+        "--name", name, "--channels", "8", "--timesteps", str(timesteps),
+        "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--seed", "0",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, f"exporter failed:\n{done.stderr[-3000:]}"
+    return out / name / "1"
+
+
+def diffusion_request(
+    model: str, seed: int, steps: int, n: int = 1, **sampler
+) -> pb.GenerateRequest:
+    """Generate `n` samples of `model` in `steps` steps, class label seed mod 10."""
+    return pb.GenerateRequest(
+        model_name=model,
+        num_samples=n,
+        seed=seed,
+        class_labels=[seed % 10],
+        sampler=pb.SamplerParams(steps=steps, **sampler),
+    )
+
+
+class Served(NamedTuple):
+    """A family service and the gateway in front of it."""
+
+    family: Started
+    gateway: Started
+
+
+@contextmanager
+def family_behind_gateway(log_dir: Path, family: str, models: Path, *args: str) -> Iterator[Served]:
+    """A `family` service over `models` (extra command-line `args`) and a gateway to it.
+
+    Both run until the block ends, which fails if either process died meanwhile.
+    """
+    with Supervisor(log_dir=log_dir, grace_s=5) as sup:
+        service = start(
+            sup, "genserve.families", "--family", family, "--models", str(models), *args
+        )
+        gateway = start(sup, "genserve.gateway", "--backend", service.target)
+        yield Served(service, gateway)
+        assert not sup.exited(), f"a process died: {sup.exited()}"
 
 
 @pytest.fixture(scope="session")

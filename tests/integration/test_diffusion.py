@@ -11,18 +11,15 @@ sampler settings answer INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import grpc
 import numpy as np
 import pytest
 
-from genserve.runtime.supervisor import Supervisor
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
-from .conftest import ROOT, scrape, start, total
+from .conftest import diffusion_request, family_behind_gateway, scrape, total, train_tiny_diffusion
 
 MODEL = "diffusion-tiny"
 TIMESTEPS = 50
@@ -31,28 +28,14 @@ TIMESTEPS = 50
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     repo = tmp_path_factory.mktemp("diffusion-models")
-    command = [
-        sys.executable, "-m", "genserve.exporters.diffusion", "--out", str(repo),
-        "--name", MODEL, "--channels", "8", "--timesteps", str(TIMESTEPS),
-        "--epochs", "1", "--max-steps", "2", "--batch-size", "16", "--seed", "0",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert done.returncode == 0, f"exporter failed:\n{done.stderr[-3000:]}"
-    with Supervisor(log_dir=tmp_path_factory.mktemp("diffusion-logs"), grace_s=5) as sup:
-        family = start(sup, "genserve.families", "--family", "diffusion", "--models", str(repo))
-        gateway = start(sup, "genserve.gateway", "--backend", family.target)
-        yield gateway.target, family.metrics
-        assert not sup.exited(), f"a process died: {sup.exited()}"
+    train_tiny_diffusion(repo, MODEL, TIMESTEPS)
+    logs = tmp_path_factory.mktemp("diffusion-logs")
+    with family_behind_gateway(logs, "diffusion", repo) as served:
+        yield served.gateway.target, served.family.metrics
 
 
 def request(seed: int, steps: int, n: int = 1, **sampler) -> pb.GenerateRequest:
-    return pb.GenerateRequest(
-        model_name=MODEL,
-        num_samples=n,
-        seed=seed,
-        class_labels=[seed % 10],
-        sampler=pb.SamplerParams(steps=steps, **sampler),
-    )
+    return diffusion_request(MODEL, seed, steps, n, **sampler)
 
 
 async def generate(target: str, *requests: pb.GenerateRequest) -> list[bytes]:
