@@ -126,6 +126,19 @@ def existing_reading(out: Path) -> str:
     if start < 0:
         return READING_PLACEHOLDER
     body = text[start + len(READING_HEADING) :]
-    following = re.search(r"^## ", body, flags=re.MULTILINE)
+    following = re.search(r"^(## |<!-- bench/)", body, flags=re.MULTILINE)
     body = body[: following.start()] if following else body
     return body.strip() + "\n" if body.strip() else READING_PLACEHOLDER
+
+
+def other_sections(out: Path) -> str:
+    """What other benchmarks wrote into a previous report: from their first marker on.
+
+    Sections such as bench/iterative.py's sit between ``<!-- bench/...: begin -->``
+    and ``end`` markers after this report's own text; a rewrite keeps them.
+    """
+    if not out.exists():
+        return ""
+    text = out.read_text(encoding="utf-8")
+    marker = re.search(r"^<!-- bench/", text, flags=re.MULTILINE)
+    return text[marker.start() :] if marker else ""

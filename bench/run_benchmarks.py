@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from chart import plot
 from loadgen import run_load
 from raw_ort import measure_raw
-from report import existing_reading, render_report
+from report import existing_reading, other_sections, render_report
 
 REPO = Path(__file__).resolve().parents[1]
 BATCHING_FLAGS = {"on": [], "fixed": ["--fixed-delay"], "off": ["--max-batch-size", "1"]}
@@ -331,9 +331,10 @@ def write_outputs(results: dict[str, Any], out: Path, json_out: Path, chart: Pat
         title = f"Generate(n=1) on {results['settings']['model']}, {results['machine']['cpu']}"
         plot(results["cells"], chart, title)
         link = os.path.relpath(chart, out.parent)
-    reading = existing_reading(out)
+    reading, others = existing_reading(out), other_sections(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(results, reading, link), encoding="utf-8")
+    report = render_report(results, reading, link)
+    out.write_text(report + ("\n" + others if others else ""), encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import threading
-import time
 
 import pytest
 
@@ -14,13 +13,13 @@ from genserve.client import Client, GenserveError
 from genserve.runtime.repository import sha256_of
 from genserve.runtime.supervisor import Supervisor
 
-from .conftest import TINY, start_family, wait_for
+from .conftest import TINY, scrape, start_family, wait_for
 
 
 def test_sigterm_finishes_in_flight_calls_then_exits_cleanly(tiny_repo, tmp_path):
     with Supervisor(log_dir=tmp_path, grace_s=15) as sup:
         # A long queue delay keeps the call in flight when SIGTERM arrives.
-        child, target, _ = start_family(
+        child, target, metrics = start_family(
             sup, tiny_repo, "--max-queue-delay-ms", "800", "--fixed-delay"
         )
         results: dict[str, object] = {}
@@ -34,7 +33,8 @@ def test_sigterm_finishes_in_flight_calls_then_exits_cleanly(tiny_repo, tmp_path
 
         caller = threading.Thread(target=call)
         caller.start()
-        time.sleep(0.3)
+        in_flight = ("genserve_in_flight_requests", (("method", "Generate"),))
+        assert wait_for(lambda: scrape(metrics).get(in_flight, 0) >= 1), "the call never arrived"
         child.popen.send_signal(signal.SIGTERM)
         caller.join(20)
         assert child.popen.wait(15) == 0

@@ -79,3 +79,15 @@ def test_from_json_rewrites_table_and_chart_and_keeps_the_reading(raw, tmp_path)
 def test_bad_rounds_are_refused_before_anything_starts(capsys):
     assert run_benchmarks.main(["--rounds", "0"]) == 2
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_a_rewrite_keeps_the_sections_other_benchmarks_wrote(raw, tmp_path):
+    out = tmp_path / "benchmarks.md"
+    theirs = "<!-- bench/iterative.py: begin -->\n## Diffusion\n\nTheir table.\n"
+    theirs += "<!-- bench/iterative.py: end -->\n"
+    out.write_text(f"# old\n\n## Reading the numbers\n\nOur reading.\n\n{theirs}")
+    argv = ["--from-json", str(raw), "--out", str(out), "--chart", ""]
+    assert run_benchmarks.main([*argv, "--json-out", str(tmp_path / "copy.json")]) == 0
+    report = out.read_text()
+    assert report.endswith(theirs)
+    assert report.count("Our reading.") == 1 and "| gateway | 64 | off |" in report
