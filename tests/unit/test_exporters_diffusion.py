@@ -82,3 +82,18 @@ def test_a_quick_run_writes_a_complete_version(tmp_path):
     assert card["steps"] == 2 and "--timesteps 50" in card["command"]
     assert card["parity"]["max_abs_diff"] <= onnx_export.PARITY_ATOL
     assert card["metrics"]["test_noising_loss"] > 0
+
+
+def test_the_weight_average_forgets_the_initial_weights():
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(-100.0)  # the "random" initial weights
+    average = diffusion.WeightAverage(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)  # what training settles on
+    for _ in range(2000):
+        average.update()
+    target = torch.nn.Linear(2, 1)
+    average.copy_to(target)
+    # A fixed 0.999 from the first step would still hold 0.999^2000 = 13.5% of -100 here.
+    assert torch.allclose(target.weight, torch.ones_like(target.weight), atol=1e-3)

@@ -35,7 +35,8 @@ GRAPH = "noise"
 LABEL_DROPOUT = 0.1
 """The chance a training label is dropped to the null class (classifier-free guidance)."""
 EMA_DECAY = 0.999
-"""The exported weights are this exponential moving average of the trained ones."""
+"""The exported weights are an exponential moving average of the trained ones, with this
+decay once warmed up (see :class:`WeightAverage`)."""
 EVAL_IMAGES = 2000
 """Test images the held-out noising loss is measured on."""
 
@@ -46,7 +47,7 @@ def train_diffusion(
     """Train the noise predictor with the shared loop; batches are indices into the data.
 
     ``model`` ends holding the exponential moving average of its weights
-    (decay :data:`EMA_DECAY`), which samples far better than the last step's
+    (:class:`WeightAverage`), which samples far better than the last step's
     weights after a short run.
     """
     x0, y = torch.from_numpy(images), torch.from_numpy(labels)
@@ -59,16 +60,43 @@ def train_diffusion(
         )
         return loss, {"loss": loss.item()}
 
-    average = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(EMA_DECAY)
-    )
+    average = WeightAverage(model)
     order = torch.Generator().manual_seed(seed)
     result = training.train(
         model, loss_fn, torch.arange(len(x0)), config, generator=order,
-        after_step=lambda: average.update_parameters(model),
+        after_step=average.update,
     )  # fmt: skip
-    model.load_state_dict(average.module.state_dict())
+    average.copy_to(model)
     return result
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters, warmed up.
+
+    The decay after step n is min(EMA_DECAY, (1 + n) / (10 + n)), so the
+    average forgets the random initial weights within the first few hundred
+    steps. (A fixed decay of 0.999 from the first step keeps 0.999^n of the
+    initial weights: 10% after 2,345 steps, enough to wash out the samples.)
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.steps = 0
+        self.average = [p.detach().clone() for p in model.parameters()]
+        self._model = model
+
+    def update(self) -> None:
+        """Fold the model's current parameters in; call after every optimizer step."""
+        self.steps += 1
+        decay = min(EMA_DECAY, (1 + self.steps) / (10 + self.steps))
+        with torch.no_grad():
+            for average, p in zip(self.average, self._model.parameters(), strict=True):
+                average.mul_(decay).add_(p.detach(), alpha=1 - decay)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Put the average into ``model``'s parameters."""
+        with torch.no_grad():
+            for average, p in zip(self.average, model.parameters(), strict=True):
+                p.copy_(average)
 
 
 @torch.no_grad()
