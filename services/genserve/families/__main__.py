@@ -47,6 +47,11 @@ class FamilyConfig:
     """Threads running sessions concurrently (one batch each)."""
 
 
+def _given(**values: object) -> dict[str, object]:
+    """The flags that were given (not None): the policy fields they override."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser = argparse.ArgumentParser(prog="genserve-family", description=__doc__)
     parser.add_argument("--family", required=True, choices=sorted(FAMILIES))
@@ -79,25 +84,17 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     add_limit_flags(parser)
     args = parser.parse_args(argv)
     setup_logging_from(parser, args)
-    overrides = {
-        k: v
-        for k, v in {
-            "max_batch_size": args.max_batch_size,
-            "max_queue_delay_ms": args.max_queue_delay_ms,
-            "max_queue_size": args.max_queue_size,
-            "adaptive_delay": False if args.fixed_delay else None,
-        }.items()
-        if v is not None
-    }
-    stepping = {
-        k: v
-        for k, v in {
-            "max_running": args.max_running,
-            "max_waiting": args.max_waiting,
-            "admission": args.step_admission,
-        }.items()
-        if v is not None
-    }
+    overrides = _given(
+        max_batch_size=args.max_batch_size,
+        max_queue_delay_ms=args.max_queue_delay_ms,
+        max_queue_size=args.max_queue_size,
+        adaptive_delay=False if args.fixed_delay else None,
+    )
+    stepping = _given(
+        max_running=args.max_running,
+        max_waiting=args.max_waiting,
+        admission=args.step_admission,
+    )
     try:
         BatchPolicy(**overrides)  # quotes a bad value now rather than at load
         StepPolicy(**stepping)

@@ -96,17 +96,15 @@ class PixelCnnModel(ServedModel):
     # -- requests -----------------------------------------------------------------------------
 
     async def generate(self, params: GenerateParams) -> Output:
-        height, width = self.image_shape[1:]
-        known = np.zeros((params.num_samples, 1, height, width), np.float32)
-        return await self.complete(known, known.copy(), params)
+        blank = self._blank(params.num_samples)
+        return await self.complete(blank, blank, params)
 
     async def generate_stream(
         self, params: GenerateParams, preview_every_steps: int
     ) -> AsyncIterator[StreamEvent]:
-        height, width = self.image_shape[1:]
-        known = np.zeros((params.num_samples, 1, height, width), np.float32)
-        canvases = self.canvases(known, known.copy(), params)
-        total = height * width
+        blank = self._blank(params.num_samples)  # nothing known: every pixel is drawn
+        canvases = self.canvases(blank, blank, params)
+        total = blank[0, 0].size
         for canvas in canvases:
             canvas.preview_every = preview_every_steps
         async for shown in sampling.progress(
@@ -116,7 +114,7 @@ class PixelCnnModel(ServedModel):
             if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
                 previews = [c.previews.pop(shown) for c in canvases]
                 yield StreamEvent(preview=self._intensities(np.stack(previews)))
-        yield StreamEvent(result=Output(images=self._result(canvases, known, known)))
+        yield StreamEvent(result=Output(images=self._result(canvases, blank, blank)))
 
     async def complete(
         self, images: np.ndarray, mask: np.ndarray, params: GenerateParams
@@ -201,17 +199,20 @@ class PixelCnnModel(ServedModel):
         probabilities = np.exp(z - z.max(axis=1, keepdims=True))
         cdf = np.cumsum(probabilities, axis=1)
         cdf /= cdf[:, -1:]
+        u = np.array([canvas.rng.random() for canvas in canvases])
+        drawn = np.minimum((cdf <= u[:, None]).sum(axis=1), self.levels - 1)  # inverse CDF
         done = []
-        for canvas, row_cdf in zip(canvases, cdf, strict=True):
-            level = min(
-                int(np.searchsorted(row_cdf, canvas.rng.random(), side="right")), self.levels - 1
-            )
+        for canvas, level in zip(canvases, drawn, strict=True):
             canvas.levels.flat[canvas.order[canvas.drawn]] = level
             canvas.drawn += 1
             if canvas.preview_every and canvas.drawn % canvas.preview_every == 0:
                 canvas.previews[canvas.drawn] = canvas.levels.copy()
             done.append(canvas.drawn == len(canvas.order))
         return done
+
+    def _blank(self, count: int) -> np.ndarray:
+        """``count`` all-zero images: as images or as a mask, nothing known."""
+        return np.zeros((count, *self.image_shape), np.float32)
 
     # -- scales -------------------------------------------------------------------------------
 

@@ -59,11 +59,7 @@ async def progress(
                 raise item
             index, finished = item
             taken[index] = totals[index] if finished else taken[index] + 1
-            reached = min(
-                (t if done >= t else done for done, t in zip(taken, totals, strict=True)),
-                default=total,
-            )
-            while shown < min(reached, total):
+            while shown < min(min(taken), total):
                 shown += 1
                 yield shown
         await asyncio.gather(*tasks)
