@@ -10,8 +10,8 @@ loopback ports, all with the same session options:
 - request: `--step-admission request` (they join only an empty running set);
 - one: `--max-running 1` (one sample, two rows with guidance, per step).
 
-Closed-loop clients then send Generate (1 sample, guidance 3, steps in turn
-from 10, 20 and 50) at concurrency 1, 4 and 16 (`bench/iterative_load.py`);
+Closed-loop clients then send Generate (1 sample, guidance 3, steps drawn
+at random from 10, 20 and 50) at concurrency 1, 4 and 16 (`bench/iterative_load.py`);
 the modes take turns cell by cell for several rounds and each cell keeps its
 median round. Each round also measures the ceiling: the family's own DDIM step
 on raw ONNX Runtime in this process at a few batch sizes

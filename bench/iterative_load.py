@@ -1,8 +1,12 @@
 """One cell of the mixed diffusion workload: closed-loop clients and a measured window.
 
 Each of `concurrency` clients sends Generate (one sample, a fixed guidance
-scale) with its steps taken in turn from the mix, client k starting at the
-k-th entry, and sends its next request as soon as the previous one returns.
+scale) with its steps drawn at random from the mix (client k's draws seeded
+with k), and sends its next request as soon as the previous one returns.
+Drawn, not taken in turn: with turns, a client's 10-step request always
+follows its 50-step one, which ends a request-level batch, so it would
+arrive exactly as the next batch forms and never wait behind one; real
+callers' step counts do not line up with the server's batches.
 The load warms up for `warmup_s` and until every client has had one answer
 (so a request-level batch of the first arrivals has ended), but never longer
 than `MAX_WARMUP_FACTOR` x `warmup_s`; then a window of `duration_s` is
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import time
 import urllib.request
 from collections import Counter
@@ -60,7 +65,7 @@ class Workload:
 
     model: str
     mix: tuple[int, ...]
-    """DDIM step counts, taken in turn."""
+    """DDIM step counts, each request's drawn at random."""
     guidance_scale: float
     timeout_s: float
     """Deadline of each call."""
@@ -274,15 +279,13 @@ async def run_cell_async(
     """Load `service` for warmup_s + duration_s; returns the window's summary."""
     answered = _Answered(concurrency)
 
-    async def client(caller: Caller, first: int) -> None:
-        """Requests one after another, steps in turn from the mix starting at entry `first`."""
-        for turn in itertools.count(first):
-            seed = caller.seed()
-            if seed is None:
-                return
-            steps = workload.mix[turn % len(workload.mix)]
+    async def client(caller: Caller, index: int) -> None:
+        """Requests one after another, each with steps drawn from the mix (seeded by `index`)."""
+        draws = random.Random(index)
+        while (seed := caller.seed()) is not None:
+            steps = draws.choice(workload.mix)
             await caller.generate(_request(workload, seed, steps), workload.timeout_s)
-            answered.add(first)
+            answered.add(index)
 
     async def warmup() -> None:
         await asyncio.sleep(warmup_s)

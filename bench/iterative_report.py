@@ -254,8 +254,10 @@ Step (continuous) batching against request-level batching and one request at a t
 - Call: Generate with 1 sample on `{s["model"]}`, guidance scale {s["guidance_scale"]:g} (so
   every sample is {rows_each} of a step's session call: conditional and unconditional),
   eta 0, class label = seed mod 10; closed loop: each of *concurrency* clients sends its
-  next request as soon as the previous one returns, taking its DDIM steps in turn from
-  {mix} (client k starts at the k-th).
+  next request as soon as the previous one returns, its DDIM steps drawn at random from
+  {mix} (client k's draws seeded with k; drawn, not taken in turn, because with turns a
+  client's 10-step request always follows its 50-step one, which ends a request-level
+  batch, so it never waits behind one).
 - **step batching**: the model's own policy (`max_running {s["max_running"]}` sequences,
   {rows * s["max_running"]} rows); waiting requests join at the next step. **request-level**:
   the same slots with `--step-admission request`: waiting requests join only when the

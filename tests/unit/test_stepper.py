@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -57,6 +58,18 @@ class FakeSampler:
         return [s.state.left == 0 for s in batch]
 
 
+class CountingExecutor(ThreadPoolExecutor):
+    """Counts the calls handed to it: one per hop of the step worker to its executor."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
 async def collect(worker: StepWorker, steps: int, **options) -> tuple[Countdown, int]:
     """Run one sequence to its end: its final state and how many events it yielded."""
     events = 0
@@ -87,10 +100,12 @@ async def test_sequences_of_different_lengths_share_steps_and_get_their_own_resu
     assert len(sampler.steps) == 5  # the longest set the number of steps
 
 
-async def test_a_sequence_added_mid_way_joins_the_next_step(sampler_and_worker):
+@pytest.mark.parametrize("every_step", [True, False], ids=["streamed", "result-only"])
+async def test_a_sequence_added_mid_way_joins_the_next_step(sampler_and_worker, every_step):
+    """Also while the running one is result-only, whose steps run several to a hop."""
     sampler, worker = sampler_and_worker
     sampler.gate.clear()
-    long = asyncio.ensure_future(collect(worker, 6))
+    long = asyncio.ensure_future(collect(worker, 6, every_step=every_step))
     assert await asyncio.to_thread(sampler.entered.wait, 10)  # the long one's first step
     late = asyncio.ensure_future(collect(worker, 2))
     while worker.scheduler.num_waiting == 0:
@@ -110,6 +125,33 @@ async def test_a_caller_that_goes_away_frees_its_slot(sampler_and_worker):
     state, _ = await collect(worker, 2)
     assert state.total == 3
     assert worker.scheduler.num_running == 0 and first.aborted
+
+
+async def test_a_result_only_sequence_takes_its_steps_in_one_hop_to_the_executor():
+    sampler = FakeSampler()
+    executor = CountingExecutor(1)
+    worker = StepWorker(sampler, StepPolicy(), model="m", sampler="s", executor=executor)
+    worker.start()
+    state, events = await collect(worker, 10, every_step=False)
+    assert (state.total, events, len(sampler.steps)) == (55, 1, 10)
+    assert executor.submitted == 1
+    await worker.close()
+    executor.shutdown()
+
+
+async def test_a_result_only_caller_that_goes_away_leaves_after_the_step_under_way(
+    sampler_and_worker,
+):
+    sampler, worker = sampler_and_worker
+    sampler.gate.clear()
+    task = asyncio.ensure_future(collect(worker, 100, every_step=False))
+    assert await asyncio.to_thread(sampler.entered.wait, 10)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    sampler.gate.set()
+    state, _ = await collect(worker, 2)  # runs once the cancelled one has left
+    assert state.total == 3
+    assert sampler.steps[0] == [100] and len(sampler.steps) == 3  # 1 step of it, 2 of the next
 
 
 async def test_a_caller_that_reads_late_still_sees_every_step(sampler_and_worker):
@@ -163,6 +205,23 @@ async def test_a_passed_deadline_ends_the_sequence_at_the_next_step():
     with pytest.raises(DeadlineExceeded, match="after"):
         async for _ in stream:
             pass
+    await worker.close()
+
+
+async def test_a_deadline_passing_during_a_run_of_steps_ends_it_at_the_next_step():
+    now = [0.0]
+    sampler = FakeSampler()
+
+    def step(batch: list[Sequence]) -> list[bool]:
+        done = sampler(batch)
+        now[0] += 1.0  # each step takes a second of the injected clock
+        return done
+
+    worker = StepWorker(step, StepPolicy(), model="m", sampler="s", clock=lambda: now[0])
+    worker.start()
+    with pytest.raises(DeadlineExceeded, match="after 3 steps"):
+        await collect(worker, 100, deadline=3.0, every_step=False)
+    assert len(sampler.steps) == 3
     await worker.close()
 
 

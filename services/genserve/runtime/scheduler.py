@@ -13,8 +13,8 @@ calls a session (in the spirit of vLLM's `v1/core/sched/interface.py`):
   ones join while slots are free, higher priority first, then in arrival
   order. Returns the next step's batch. A new sequence never waits for the
   batch to finish, only for the next step.
-- `update(batch, finished)`: after the step, the sequences the sampler says
-  are done leave.
+- `update(batch, finished, steps=1)`: after the step (or a run of steps over
+  an unchanged batch), the sequences the sampler says are done leave.
 - `abort(seq)`: the caller went away; the sequence leaves at the next step.
 
 `StepPolicy.admission` says when waiting sequences may join. "step" (the
@@ -166,15 +166,19 @@ class StepScheduler:
         left += self._admit()
         return [self._running[s] for s in sorted(self._running)], left
 
-    def update(self, batch: Iterable[Sequence], finished: Iterable[bool]) -> list[Sequence]:
-        """End a step: every sequence of the batch took it; the finished ones leave.
+    def update(
+        self, batch: Iterable[Sequence], finished: Iterable[bool], steps: int = 1
+    ) -> list[Sequence]:
+        """End a step, or a run of ``steps`` steps: every sequence of the batch took them.
+
+        The finished ones (after the last step) leave.
 
         Returns:
             The sequences that finished, their slots now free.
         """
         done = []
         for seq, is_done in zip(batch, finished, strict=True):
-            seq.steps += 1
+            seq.steps += steps
             if is_done and seq.left is None:
                 seq.left = Leave.FINISHED
                 del self._running[seq.slot]
