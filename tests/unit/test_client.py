@@ -416,7 +416,7 @@ def test_cli_generate_prints_texts(server: tuple[str, FakeModelService], capsys)
     ("argv", "status", "message"),
     [
         (["describe", "missing"], 2, "error: NOT_FOUND: model 'missing' is not loaded"),
-        (["--addr", "127.0.0.1:1", "--timeout", "0.2", "models"], 1, "error: UNAVAILABLE: "),
+        (["--addr", "127.0.0.1:1", "--timeout", "10", "models"], 1, "error: UNAVAILABLE: "),
     ],
 )
 def test_cli_exit_status(

@@ -36,7 +36,8 @@ def build_parser(
     description: str,
     default_name: str,
     *,
-    latent_dim: int,
+    datasets: tuple[str, ...] = DATASETS,
+    latent_dim: int | None = None,
     epochs: int = training.TrainConfig.epochs,
     batch_size: int = training.TrainConfig.batch_size,
     learning_rate: float | None = training.TrainConfig.learning_rate,
@@ -47,13 +48,14 @@ def build_parser(
     parser.add_argument("--out", type=Path, default=Path("models"), help="model repository root")
     parser.add_argument("--name", default=default_name, help="model name (folder under --out)")
     parser.add_argument("--version", type=int, default=1, help="version folder, >= 1")
-    parser.add_argument("--data", choices=DATASETS, default="fashion")
+    parser.add_argument("--data", choices=datasets, default=datasets[0])
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=batch_size)
     if learning_rate is not None:
         parser.add_argument("--learning-rate", type=float, default=learning_rate)
-    parser.add_argument("--latent-dim", type=int, default=latent_dim)
+    if latent_dim is not None:
+        parser.add_argument("--latent-dim", type=int, default=latent_dim)
     parser.add_argument(
         "--max-steps",
         type=int,

@@ -152,7 +152,7 @@ class DiffusionExporter(pipeline.Exporter):
         goals=(LowestFd("Diffusion"), ClassAccuracy("Diffusion", 0.90, " with guidance")),
     )
     quick_eval = False
-    parser_options = {"latent_dim": 0, "epochs": 20, "learning_rate": 1e-3}
+    parser_options = {"epochs": 20, "learning_rate": 1e-3}
 
     def default_configs(self) -> tuple[DiffusionConfig, training.TrainConfig]:
         return DiffusionConfig(), training.TrainConfig(epochs=20, learning_rate=1e-3)

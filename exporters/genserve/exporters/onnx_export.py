@@ -12,7 +12,7 @@ import contextlib
 import io
 import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +54,7 @@ def export_onnx(
     input_names: Sequence[str],
     output_names: Sequence[str],
     opset: int = ONNX_OPSET,
+    axes: Mapping[str, Mapping[int, str]] | None = None,
 ) -> onnx.ModelProto:
     """Export ``module`` to ``path`` with a dynamic batch axis, then check the file.
 
@@ -65,6 +66,8 @@ def export_onnx(
         input_names: graph input names, in the order of ``forward``'s arguments.
         output_names: graph output names, in the order ``forward`` returns them.
         opset: the ONNX opset of the default domain.
+        axes: more dynamic axes besides the batch: input name -> {axis: its
+            name}; inputs that name the same axis share its length.
 
     Returns:
         The loaded, checked model.
@@ -74,7 +77,13 @@ def export_onnx(
             axis are not as asked.
     """
     module.eval()
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    dims = {"batch": torch.export.Dim("batch", min=1, max=65536)}
+    shapes = []
+    for name in input_names:
+        shape = {0: dims["batch"]}
+        for axis, dim in (axes or {}).get(name, {}).items():
+            shape[axis] = dims.setdefault(dim, torch.export.Dim(dim, min=1, max=65536))
+        shapes.append(shape)
     with _quiet_exporter() as progress:
         torch.onnx.export(
             module,
@@ -82,7 +91,7 @@ def export_onnx(
             path,
             input_names=list(input_names),
             output_names=list(output_names),
-            dynamic_shapes=tuple({0: batch} for _ in example_inputs),
+            dynamic_shapes=tuple(shapes),
             opset_version=opset,
             dynamo=True,
             external_data=False,

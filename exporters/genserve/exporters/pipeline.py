@@ -2,7 +2,8 @@
 
 :meth:`Exporter.train_and_export` does what every family does the same way:
 check that the version may be written (before any training), seed
-everything, load the data set, build the model and train it (hooks), save a
+everything, load the data set (a hook: images by default, text for the
+text families), build the model and train it (hooks), save a
 checkpoint, export and check its graphs into a staged version folder (hook),
 and write its config.json as a :class:`~genserve.runtime.schema.ModelSpec`:
 the family's sections (hook) and the card, whose description is a hook and
@@ -37,7 +38,7 @@ import torch
 from torch import nn
 
 from genserve.exporters import cli, onnx_export, repository, training
-from genserve.exporters.data import DATASET_CARDS, ImageDataset, load_dataset
+from genserve.exporters.data import DATASET_CARDS, DATASETS, load_dataset
 from genserve.exporters.quality_report import Evaluation
 from genserve.runtime.schema import Card, GraphSpec, ModelSpec
 
@@ -55,24 +56,26 @@ class Run:
     version: int
     """The version folder."""
     data: str
-    """The data set's command-line name, a key of DATASET_CARDS."""
+    """The data set's command-line name, one of the exporter's ``datasets``."""
+    dataset: str
+    """What the model card says of the data set: its name, size and source."""
     seed: int
     """Seeds the weights, the shuffling and the noise."""
     model_config: Any
     """The family's model config (a dataclass stored in checkpoints)."""
     train_config: Any
     """The family's training config."""
-    train: ImageDataset
-    """The training split."""
-    test: ImageDataset
-    """The test split."""
+    train: Any
+    """The training split: an ImageDataset, or the text families' training text."""
+    test: Any
+    """The test (validation) split, of the same kind."""
     eval_limit: int | None = None
     """Evaluate on the first this many test images; None for all."""
 
     @property
     def dataset_name(self) -> str:
         """The data set's name for a description, e.g. "Fashion-MNIST"."""
-        return DATASET_CARDS[self.data].split(",")[0]
+        return self.dataset.split(",")[0].split(" (")[0]
 
     def check_classes(self, num_classes: int) -> None:
         """Raise ValueError unless a conditional model's class count is the data set's."""
@@ -123,12 +126,22 @@ class Exporter(abc.ABC):
     """Whether ``--max-steps`` also limits the test images evaluated (``eval_limit``)."""
     parser_options: ClassVar[dict[str, Any]] = {}
     """Defaults of the shared flags (:func:`cli.build_parser`'s keyword arguments)."""
+    datasets: ClassVar[tuple[str, ...]] = DATASETS
+    """The data sets it trains on, by command-line name; the first is the default."""
 
     # -- hooks -------------------------------------------------------------------------------
 
     @abc.abstractmethod
     def default_configs(self) -> tuple[Any, Any]:
         """The model and training configs a library call gets when it passes none."""
+
+    def load_data(self, data: str) -> tuple[Any, Any, str]:
+        """The data set named ``data``: (train, test, what the card says of it).
+
+        Raises:
+            DatasetMissing: it is not installed; the message says how to install it.
+        """
+        return load_dataset(data, "train"), load_dataset(data, "test"), DATASET_CARDS[data]
 
     def add_flags(self, parser: argparse.ArgumentParser) -> None:  # noqa: B027 (optional)
         """Add the family's own flags to the shared ones."""
@@ -174,7 +187,7 @@ class Exporter(abc.ABC):
         out: Path,
         name: str | None = None,
         version: int = 1,
-        data: str = "fashion",
+        data: str | None = None,
         seed: int = 0,
         model_config: Any = None,
         train_config: Any = None,
@@ -189,7 +202,7 @@ class Exporter(abc.ABC):
             out: the model repository root; the version lands in ``out/name/version``.
             name: the model name; None for the family's default.
             version: the version folder, a positive integer.
-            data: ``"fashion"`` or ``"mnist5k"``.
+            data: one of the exporter's ``datasets``; None for the first.
             seed: seeds the weights, the shuffling, the noise and the evaluation samples.
             model_config: the model's shape; None for the family's default.
             train_config: epochs, batch size, learning rate, step budget; None for the default.
@@ -204,14 +217,17 @@ class Exporter(abc.ABC):
         """
         default_model, default_train = self.default_configs()
         name = name or self.default_name
+        data = data or self.datasets[0]
+        if data not in self.datasets:
+            raise ValueError(f"data must be one of {', '.join(self.datasets)}, got {data!r}")
         repository.check_free(out, name, version, overwrite=overwrite)  # fail before training
         training.seed_everything(seed)
+        train, test, dataset = self.load_data(data)
         run = Run(
-            out=out, name=name, version=version, data=data, seed=seed,
+            out=out, name=name, version=version, data=data, dataset=dataset, seed=seed,
             model_config=model_config or default_model,
             train_config=train_config or default_train,
-            train=load_dataset(data, "train"), test=load_dataset(data, "test"),
-            eval_limit=eval_limit,
+            train=train, test=test, eval_limit=eval_limit,
         )  # fmt: skip
         model = self.build(run)
         logger.info("training %s: %d parameters", name, sum(p.numel() for p in model.parameters()))
@@ -223,7 +239,7 @@ class Exporter(abc.ABC):
             graphs, parity = self.export(model, folder)
             card = Card(
                 description=self.description(model, run),
-                dataset=DATASET_CARDS[data],
+                dataset=dataset,
                 command=command or self.equivalent_command(run),
                 seed=seed,
                 epochs=trained.result.epochs,
@@ -259,7 +275,7 @@ class Exporter(abc.ABC):
         module = sys.modules[type(self).__module__]
         parser = cli.build_parser(
             self.prog, (module.__doc__ or "").split("\n\n")[0], self.default_name,
-            **self.parser_options,
+            datasets=self.datasets, **self.parser_options,
         )  # fmt: skip
         self.add_flags(parser)
         cli.run(

@@ -157,7 +157,7 @@ class PixelCnnExporter(pipeline.Exporter):
         sampling="every pixel drawn in raster order by the fast sampler, at temperature 1"
     )
     quick_eval = False
-    parser_options = {"latent_dim": 0, "epochs": 2, "batch_size": 64, "learning_rate": 3e-3}
+    parser_options = {"epochs": 2, "batch_size": 64, "learning_rate": 3e-3}
 
     def default_configs(self) -> tuple[PixelCnnConfig, training.TrainConfig]:
         return PixelCnnConfig(), training.TrainConfig(epochs=2, batch_size=64, learning_rate=3e-3)

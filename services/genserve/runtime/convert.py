@@ -191,7 +191,7 @@ def sampler(message: pb.SamplerParams) -> SamplerParams:
 _SAMPLER_RANGES = {
     "steps": (lambda v: v >= 1, ">= 1"),
     "guidance_scale": (lambda v: v >= 0, ">= 0"),
-    "temperature": (lambda v: v > 0, "> 0"),
+    "temperature": (lambda v: v >= 0, ">= 0"),
     "top_k": (lambda v: v >= 0, ">= 0"),
     "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
     "max_new_tokens": (lambda v: v >= 1, ">= 1"),

@@ -104,6 +104,28 @@ STEPS_PER_SEQUENCE = Histogram(
     ["model", "sampler"],
     buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
 )
+TOKENS_GENERATED = Counter(
+    "genserve_tokens_generated_total",
+    "Tokens the text families generated (prompt tokens not counted).",
+    ["model"],
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "genserve_time_to_first_token_seconds",
+    "Time from a text sample's arrival to its first generated token (prompt prefilled).",
+    ["model"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+INTER_TOKEN_LATENCY = Histogram(
+    "genserve_inter_token_latency_seconds",
+    "Time between a text sample's consecutive generated tokens.",
+    ["model"],
+    buckets=_LATENCY_BUCKETS_S,
+)
+TEXTS_FINISHED = Counter(
+    "genserve_texts_finished_total",
+    "Text samples that ended, by finish reason (stop, length, cancelled).",
+    ["model", "reason"],
+)
 SAMPLES_GENERATED = Counter(
     "genserve_samples_generated_total",
     "Samples (images or texts) returned by Generate and GenerateStream.",

@@ -20,6 +20,7 @@ from genserve.runtime.batcher import RequestBatcher
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.session import Graph, SessionOptions
 from genserve.runtime.stepper import Step, StepWorker
+from genserve.runtime.tokens import FinishReason
 
 # RPC names a model may support, as ModelCall and the CLI spell them.
 GENERATE = "Generate"
@@ -62,6 +63,15 @@ class GenerateParams:
     """time.monotonic() after which the caller has gone."""
 
 
+@dataclass(frozen=True)
+class TextStats:
+    """How one generated text ended and what it took."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
 @dataclass
 class Output:
     """Generated or decoded samples."""
@@ -69,6 +79,8 @@ class Output:
     images: np.ndarray | None = None
     """float32 (N, C, H, W) in [0, 1]."""
     texts: list[str] | None = None
+    text_stats: list[TextStats] | None = None
+    """One per text."""
     latents: np.ndarray | None = None
     """float32 (N, latent_dim): the codes the images came from, for latent families."""
 

@@ -28,6 +28,7 @@ from genserve.runtime.model import (
     deadline_from,
 )
 from genserve.runtime.registry import ModelRegistry
+from genserve.runtime.tokens import FinishReason
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc, tensor_pb2
 
@@ -192,6 +193,12 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
         if output.texts is not None:
             response.texts.extend(output.texts)
             metrics.SAMPLES_GENERATED.labels(model=model.name).inc(len(output.texts))
+        for stats in output.text_stats or ():
+            response.text_stats.add(
+                finish_reason=_FINISH_REASONS[stats.finish_reason],
+                prompt_tokens=stats.prompt_tokens,
+                completion_tokens=stats.completion_tokens,
+            )
         return response
 
     @_holding(ENCODE)
@@ -272,3 +279,10 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
             seed=params.seed,
             images=await convert.images_out(output.images, request.output_format),
         )
+
+
+_FINISH_REASONS = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}

@@ -35,6 +35,7 @@ from genserve.client.results import (
     StepProgress,
     StreamEvent,
     TensorSignature,
+    TextStats,
     TokenDelta,
 )
 
@@ -62,6 +63,7 @@ __all__ = [
     "StepProgress",
     "StreamEvent",
     "TensorSignature",
+    "TextStats",
     "TokenDelta",
     "UnauthenticatedError",
     "UnavailableError",

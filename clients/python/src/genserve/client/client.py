@@ -173,7 +173,7 @@ class Client:
             output_format: "tensor" for float32 arrays, "png" for PNG files.
             steps: Denoising steps, for diffusion.
             guidance_scale: Classifier-free guidance scale; 1 disables guidance.
-            temperature: Softmax temperature for autoregressive models, above 0.
+            temperature: Softmax temperature for autoregressive models, >= 0 (0: greedy).
             top_k: Keep only the k most likely tokens; 0 keeps all.
             top_p: Nucleus sampling threshold, in (0, 1].
             max_new_tokens: The most tokens to generate, for text models.

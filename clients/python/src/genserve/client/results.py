@@ -125,6 +125,27 @@ class ModelDescription:
         }
 
 
+@dataclass(frozen=True)
+class TextStats:
+    """How one generated text ended and what it took.
+
+    Attributes:
+        finish_reason: "stop" (it reached a stop sequence, left out of the
+            text) or "length" (max_new_tokens, or the model's context).
+        prompt_tokens: Tokens in the prompt.
+        completion_tokens: Tokens generated.
+    """
+
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @classmethod
+    def from_proto(cls, stats: pb.TextStats) -> TextStats:
+        reason = pb.FinishReason.Name(stats.finish_reason).removeprefix("FINISH_REASON_")
+        return cls(reason.lower(), stats.prompt_tokens, stats.completion_tokens)
+
+
 @dataclass
 class GenerateResult:
     """Generated samples.
@@ -138,6 +159,7 @@ class GenerateResult:
         texts: One text per sample, for text models.
         latents: float32 (N, latent_dim), the codes the images came from, for
             latent models; pass them back as `latents=` to regenerate or edit.
+        text_stats: For text models, how each text ended and its token counts.
     """
 
     model_name: str
@@ -147,6 +169,7 @@ class GenerateResult:
     pngs: list[bytes] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     latents: np.ndarray | None = None
+    text_stats: list[TextStats] = field(default_factory=list)
 
     @classmethod
     def from_proto(cls, r: pb.GenerateResponse | pb.CompleteResponse) -> GenerateResult:
@@ -154,7 +177,8 @@ class GenerateResult:
         texts = list(getattr(r, "texts", ()))
         has_latents = isinstance(r, pb.GenerateResponse) and r.HasField("latents")
         latents = _array(r.latents) if has_latents else None
-        return cls(r.model_name, r.model_version, r.seed, images, pngs, texts, latents)
+        stats = [TextStats.from_proto(s) for s in getattr(r, "text_stats", ())]
+        return cls(r.model_name, r.model_version, r.seed, images, pngs, texts, latents, stats)
 
 
 @dataclass

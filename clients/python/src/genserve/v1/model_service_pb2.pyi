@@ -17,6 +17,13 @@ class ModelCall(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODEL_CALL_DECODE: _ClassVar[ModelCall]
     MODEL_CALL_RECONSTRUCT: _ClassVar[ModelCall]
     MODEL_CALL_COMPLETE: _ClassVar[ModelCall]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+    FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
 MODEL_CALL_UNSPECIFIED: ModelCall
 MODEL_CALL_GENERATE: ModelCall
 MODEL_CALL_GENERATE_STREAM: ModelCall
@@ -24,6 +31,10 @@ MODEL_CALL_ENCODE: ModelCall
 MODEL_CALL_DECODE: ModelCall
 MODEL_CALL_RECONSTRUCT: ModelCall
 MODEL_CALL_COMPLETE: ModelCall
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+FINISH_REASON_CANCELLED: FinishReason
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "family", "version", "calls", "labels", "latent_dim", "image_shape", "max_num_samples")
@@ -136,20 +147,32 @@ class GenerateRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., num_samples: _Optional[int] = ..., seed: _Optional[int] = ..., output_format: _Optional[_Union[_tensor_pb2.OutputFormat, str]] = ..., class_labels: _Optional[_Iterable[int]] = ..., prompt: _Optional[str] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., sampler: _Optional[_Union[SamplerParams, _Mapping]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("model_name", "model_version", "seed", "images", "texts", "latents")
+    __slots__ = ("model_name", "model_version", "seed", "images", "texts", "latents", "text_stats")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     LATENTS_FIELD_NUMBER: _ClassVar[int]
+    TEXT_STATS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     model_version: str
     seed: int
     images: _tensor_pb2.Images
     texts: _containers.RepeatedScalarFieldContainer[str]
     latents: _tensor_pb2.Tensor
-    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., images: _Optional[_Union[_tensor_pb2.Images, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    text_stats: _containers.RepeatedCompositeFieldContainer[TextStats]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., seed: _Optional[int] = ..., images: _Optional[_Union[_tensor_pb2.Images, _Mapping]] = ..., texts: _Optional[_Iterable[str]] = ..., latents: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., text_stats: _Optional[_Iterable[_Union[TextStats, _Mapping]]] = ...) -> None: ...
+
+class TextStats(_message.Message):
+    __slots__ = ("finish_reason", "prompt_tokens", "completion_tokens")
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerateStreamRequest(_message.Message):
     __slots__ = ("request", "preview_every_steps")

@@ -1,0 +1,220 @@
+"""Character-level LSTM language model on Shakespeare's plays.
+
+Trains ``lstm_model.CharLstm`` on windows of the training plays, measures
+the validation loss in nats per character (the state carried across the
+whole held-out text, as the service carries it), exports ``lstm.onnx``
+(tokens, h, c) -> (logits, h, c), checks it against PyTorch for prompts and
+single steps and that greedy decoding through it matches PyTorch token for
+token, and writes ``<out>/<name>/<version>/``::
+
+    python -m genserve.exporters.lstm --out models --name lstm-shakespeare \\
+        --version 1 --epochs 1 --seed 0 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from genserve.exporters import cli, onnx_export, pipeline, text_training, training
+from genserve.exporters.lstm_model import CharLstm, LstmConfig, LstmGraph
+from genserve.exporters.quality_report import Evaluation
+from genserve.runtime.schema import GraphSpec, StepPolicy
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m genserve.exporters.lstm"
+GRAPH = "lstm"
+VALIDATION_STREAMS = 16
+"""The validation text is read as this many contiguous streams side by side."""
+GREEDY_TOKENS = 64
+"""Tokens the export check decodes greedily through ONNX Runtime and PyTorch."""
+
+
+def train_lstm(
+    model: CharLstm, tokens: torch.Tensor, config: training.TrainConfig, seed: int
+) -> training.TrainResult:
+    """Next-character cross-entropy on shuffled windows, each from a zero state."""
+    context = model.config.context
+
+    def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = text_training.window_batch(tokens, starts, context)
+        logits, _ = model(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return loss, {"nats/char": loss.item()}
+
+    order = torch.Generator().manual_seed(seed)
+    starts = text_training.window_starts(tokens, context)
+    return training.train(model, loss_fn, starts, config, generator=order)
+
+
+@torch.no_grad()
+def validation_nats(model: CharLstm, tokens: torch.Tensor) -> float:
+    """Mean next-character loss over the validation text, state carried throughout."""
+    model.eval()
+    length = (len(tokens) - 1) // VALIDATION_STREAMS
+    x = tokens[: length * VALIDATION_STREAMS].reshape(VALIDATION_STREAMS, length)
+    y = tokens[1 : length * VALIDATION_STREAMS + 1].reshape(VALIDATION_STREAMS, length)
+    state, total = None, 0.0
+    for start in range(0, length, model.config.context):
+        end = min(start + model.config.context, length)
+        logits, state = model(x[:, start:end], state)
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[:, start:end].reshape(-1), reduction="sum"
+        ).item()
+    return round(total / x.numel(), 4)
+
+
+def export_graph(model: CharLstm, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+    """Write ``lstm.onnx`` and check it: prompts, single steps, and greedy decoding."""
+    config, graph = model.config, LstmGraph(model).eval()
+    path = folder / f"{GRAPH}.onnx"
+
+    def make_inputs(batch: int, rng: np.random.Generator, length: int = 5) -> dict:
+        state = (batch, config.layers, config.hidden)
+        return {
+            "tokens": rng.integers(0, config.vocab_size, (batch, length), dtype=np.int64),
+            "h": rng.standard_normal(state).astype(np.float32) * 0.5,
+            "c": rng.standard_normal(state).astype(np.float32) * 0.5,
+        }
+
+    example = tuple(torch.from_numpy(a) for a in make_inputs(2, np.random.default_rng(0)).values())
+    with warnings.catch_warnings():  # torch's notes on the LSTM's flat weights and the batch Dim
+        warnings.filterwarnings("ignore", r".*_flat_weights.*", UserWarning)
+        warnings.filterwarnings("ignore", r".*The axis name: batch will not be used", UserWarning)
+        onnx_model = onnx_export.export_onnx(
+            graph, example, path, input_names=["tokens", "h", "c"],
+            output_names=["logits", "h_out", "c_out"], axes={"tokens": {1: "length"}},
+        )  # fmt: skip
+    diffs = {
+        "prompt_max_abs_diff": onnx_export.check_parity(graph, path, make_inputs),
+        "step_max_abs_diff": onnx_export.check_parity(
+            graph, path, lambda b, rng: make_inputs(b, rng, length=1)
+        ),
+    }
+    mismatch = greedy_mismatch(model, path)
+    if mismatch is not None:
+        raise onnx_export.ParityError(f"greedy decoding differs from PyTorch at token {mismatch}")
+    spec = {GRAPH: onnx_export.graph_spec(onnx_model, path)}
+    batch_sizes = list(onnx_export.PARITY_BATCH_SIZES)
+    parity = {"batch_sizes": batch_sizes, "max_abs_diff": max(diffs.values()), **diffs}
+    return spec, {**parity, "greedy_tokens_match": GREEDY_TOKENS}
+
+
+@torch.no_grad()
+def greedy_mismatch(model: CharLstm, path: Path) -> int | None:
+    """The first token where greedy decoding through the graph (prompt, then one token a
+    call, state carried) differs from PyTorch on the whole text; None if none does."""
+    session = onnx_export.cpu_session(path)
+    config = model.config
+    ids = [1, 2, 3]
+    zeros = np.zeros((1, config.layers, config.hidden), np.float32)
+    logits, h, c = session.run(None, {"tokens": np.array([ids]), "h": zeros, "c": zeros})
+    for i in range(GREEDY_TOKENS):
+        want = int(model(torch.tensor([ids]))[0][0, -1].argmax())
+        if int(logits[0].argmax()) != want:
+            return i
+        ids.append(want)
+        logits, h, c = session.run(None, {"tokens": np.array([[want]]), "h": h, "c": c})
+    return None
+
+
+class LstmExporter(text_training.TextExporter):
+    """The char-LSTM's hooks: next-character loss, one graph for prompt and steps."""
+
+    family = "lstm"
+    prog = PROG
+    default_name = "lstm-shakespeare"
+    evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
+    parser_options = {"epochs": 1, "batch_size": 64, "learning_rate": 2e-3}
+
+    def default_configs(self) -> tuple[LstmConfig, training.TrainConfig]:
+        return LstmConfig(), training.TrainConfig(epochs=1, batch_size=64, learning_rate=2e-3)
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--hidden", type=int, default=LstmConfig.hidden)
+        parser.add_argument("--layers", type=int, default=LstmConfig.layers)
+        parser.add_argument("--context", type=int, default=LstmConfig.context)
+
+    def configs(self, args: argparse.Namespace) -> tuple[LstmConfig, training.TrainConfig]:
+        model_config = LstmConfig(hidden=args.hidden, layers=args.layers, context=args.context)
+        return model_config, cli.train_config(args)
+
+    def flags(self, run: pipeline.Run) -> list[str]:
+        config = run.model_config
+        return [
+            "--hidden", str(config.hidden), "--layers", str(config.layers),
+            "--context", str(config.context),
+        ]  # fmt: skip
+
+    def build(self, run: pipeline.Run) -> CharLstm:
+        vocab = text_training.vocabulary(run)
+        model = CharLstm(dataclasses.replace(run.model_config, vocab_size=len(vocab)))
+        model.vocabulary = vocab
+        return model
+
+    def fit(self, model: CharLstm, run: pipeline.Run) -> pipeline.Trained:
+        vocab = model.vocabulary
+        train = text_training.tokens_of(run.train, vocab)
+        result = train_lstm(model, train, run.train_config, run.seed)
+        nats = validation_nats(model, text_training.tokens_of(run.test, vocab))
+        metrics = {
+            "final_train_nats_per_char": round(result.last_epoch_loss, 4),
+            "validation_nats_per_char": nats,
+            "validation_bits_per_char": round(nats / math.log(2), 4),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sample": text_training.card_sample(
+                text_training.sample_text(lambda ids: _last_logits(model, ids), vocab)
+            ),
+        }
+        return pipeline.Trained(result, metrics)
+
+    def export(self, model: CharLstm, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_graph(model, folder)
+
+    def description(self, model: CharLstm, run: pipeline.Run) -> str:
+        config, count = model.config, sum(p.numel() for p in model.parameters())
+        return (
+            f"Character-level LSTM ({config.layers} layers of {config.hidden}, {count:,} "
+            f"parameters, {config.vocab_size} characters) trained on {run.dataset_name} in "
+            f"windows of {config.context} characters; lstm.onnx runs a prompt from a zero "
+            "state and then one character a call, the state carried between calls."
+        )
+
+    def sections(self, model: CharLstm, run: pipeline.Run) -> dict:
+        config = model.config
+        return {
+            "stepping": StepPolicy(max_running=64, max_waiting=1024),
+            "max_num_samples": 16,
+            "params": {
+                "network": dataclasses.asdict(config),
+                "vocabulary": model.vocabulary.chars,
+                "max_prompt_chars": 2048,
+                "max_new_tokens": 1024,
+            },
+        }
+
+
+@torch.no_grad()
+def _last_logits(model: CharLstm, ids: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(ids)[None])[0][0, -1].numpy()
+
+
+def load_checkpoint(path: Path) -> CharLstm:
+    """Rebuild the LSTM from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, CharLstm, LstmConfig)
+
+
+EXPORTER = LstmExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""What the character-level text exporters share: data, training windows, sampling.
+
+- :class:`TextExporter`: the pipeline's data hook for text (Shakespeare, from
+  :mod:`text_data`); the vocabulary is every character of the training text.
+- :func:`window_starts` and :func:`window_batch`: the training examples are
+  windows of ``context + 1`` characters (inputs and next-character targets)
+  starting every ``context`` characters; the shared loop shuffles their starts.
+- :func:`sample_text`: a continuation drawn with the service's own rule
+  (:func:`genserve.runtime.tokens.draw`, one uniform number per token from a
+  seeded generator) from a next-token function, for the model card.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from genserve.exporters import pipeline
+from genserve.exporters.text_data import CARD, load_shakespeare
+from genserve.runtime.tokens import draw
+from genserve.runtime.vocab import CharVocabulary
+
+CARD_PROMPT = "ROMEO:\n"
+"""The prompt of the sample on the model card."""
+CARD_TOKENS = 300
+CARD_TEMPERATURE = 0.8
+
+
+class TextExporter(pipeline.Exporter):
+    """An exporter of a character-level model trained on Shakespeare."""
+
+    datasets = ("shakespeare",)
+    quick_eval = False
+
+    def load_data(self, data: str) -> tuple[str, str, str]:
+        corpus = load_shakespeare()
+        return corpus.train, corpus.validation, CARD
+
+
+def vocabulary(run: pipeline.Run) -> CharVocabulary:
+    """The run's vocabulary: every character of its training text."""
+    return CharVocabulary.of(run.train)
+
+
+def tokens_of(text: str, vocab: CharVocabulary) -> torch.Tensor:
+    """int64 (N,) token ids of a text every character of which the vocabulary knows."""
+    return torch.from_numpy(vocab.encode(text, "text"))
+
+
+def window_starts(tokens: torch.Tensor, context: int) -> torch.Tensor:
+    """Starts of the non-overlapping windows of ``context + 1`` tokens, (N,) int64."""
+    return torch.arange(0, len(tokens) - context - 1, context)
+
+
+def window_batch(
+    tokens: torch.Tensor, starts: torch.Tensor, context: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, T) and their next-token targets (B, T) for windows at ``starts``."""
+    offsets = starts[:, None] + torch.arange(context + 1)[None]  # (B, T + 1)
+    windows = tokens[offsets]
+    return windows[:, :-1], windows[:, 1:]
+
+
+def sample_text(
+    next_logits: Callable[[np.ndarray], np.ndarray],
+    vocab: CharVocabulary,
+    *,
+    prompt: str = CARD_PROMPT,
+    tokens: int = CARD_TOKENS,
+    temperature: float = CARD_TEMPERATURE,
+    seed: int = 0,
+) -> str:
+    """The prompt and a continuation of ``tokens`` characters.
+
+    Args:
+        next_logits: token ids so far (T,) -> the next token's logits (V,).
+        vocab: the model's vocabulary.
+    """
+    rng = np.random.default_rng(seed)
+    ids = list(vocab.encode(prompt))
+    one = np.ones(1)
+    for _ in range(tokens):
+        logits = next_logits(np.array(ids, np.int64))[None].astype(np.float32)
+        ids.append(
+            int(draw(logits, one * temperature, one.astype(np.int64) * 0, one, rng.random(1))[0])
+        )
+    return vocab.decode(ids)
+
+
+def card_sample(text: str) -> dict[str, Any]:
+    """The card's sample record."""
+    return {"prompt": CARD_PROMPT, "temperature": CARD_TEMPERATURE, "seed": 0, "text": text}

@@ -1,0 +1,102 @@
+"""Char-LSTM: a character-level language model, one token per step, its state in slots.
+
+Every sample is one sequence of the model's step worker. A step runs
+``lstm.onnx`` twice at most:
+
+- each sample that joins runs its prompt alone, from a zero state (batch 1,
+  T = its prompt's length); its last logits give its first token;
+- every other sample feeds its last token (batch B, T = 1) with its h and c,
+  read from the slot it holds; the new h and c go back into the slot.
+
+The state never leaves its slot between steps (:class:`SlotTensor`), and a
+row's result does not depend on the rows beside it (ONNX Runtime's LSTM on
+the CPU computes every row alike), so a text is the same alone or batched.
+Request checks, token drawing, stop sequences and streaming are the text
+families' shared :class:`~genserve.runtime.textgen.TextGenerator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from genserve.runtime.errors import InvalidArgument
+from genserve.runtime.model import (
+    GENERATE,
+    GENERATE_STREAM,
+    GenerateParams,
+    LoadContext,
+    Output,
+    ServedModel,
+    StreamEvent,
+)
+from genserve.runtime.repository import ModelConfig
+from genserve.runtime.scheduler import Sequence
+from genserve.runtime.slots import SlotTensor
+from genserve.runtime.textgen import TextGenerator, TextSample
+from genserve.runtime.vocab import CharVocabulary
+
+GRAPH = "lstm"
+
+
+class LstmModel(ServedModel):
+    """Character-level LSTM language model."""
+
+    family = "lstm"
+    calls = (GENERATE, GENERATE_STREAM)
+
+    def __init__(self, config: ModelConfig, context: LoadContext) -> None:
+        super().__init__(config, context)
+        params = config.params
+        network = params.get("network", {})
+        layers, hidden = int(network.get("layers", 0)), int(network.get("hidden", 0))
+        if not (layers and hidden and params.get("vocabulary")):
+            raise InvalidArgument("params", f"model {config.name} lacks its network or vocabulary")
+        self.text = TextGenerator(
+            config.name,
+            CharVocabulary(params["vocabulary"]),
+            max_prompt_chars=int(params.get("max_prompt_chars", 2048)),
+            max_new_tokens=int(params.get("max_new_tokens", 1024)),
+        )
+        self._graph = context.open_graph(config, GRAPH)
+        self._worker = self.stepped("tokens", self._step)
+        slots = self._worker.scheduler.policy.max_running
+        self._h = SlotTensor(slots, (layers, hidden), np.float32)
+        self._c = SlotTensor(slots, (layers, hidden), np.float32)
+        self._zero = np.zeros((1, layers, hidden), np.float32)
+
+    async def generate(self, params: GenerateParams) -> Output:
+        return await self.text.generate(self._worker, params)
+
+    def generate_stream(
+        self, params: GenerateParams, preview_every_steps: int
+    ) -> AsyncIterator[StreamEvent]:
+        return self.text.generate_stream(self._worker, params)
+
+    def _step(self, batch: list[Sequence]) -> list[bool]:
+        """Every running sample's next token; runs in the executor."""
+        samples: list[TextSample] = [seq.state for seq in batch]
+        logits = np.empty((len(samples), len(self.text.vocab)), np.float32)
+        going = [i for i, s in enumerate(samples) if s.prefilled]
+        for i, sample in enumerate(samples):
+            if not sample.prefilled:  # its prompt, alone, from a zero state
+                feeds = {"tokens": sample.prompt[None], "h": self._zero, "c": self._zero}
+                logits[i : i + 1], h, c = self._run(feeds)
+                self._h.write([batch[i].slot], h)
+                self._c.write([batch[i].slot], c)
+        if going:
+            slots = [batch[i].slot for i in going]
+            feeds = {
+                "tokens": np.array([[samples[i].tokens[-1]] for i in going], np.int64),
+                "h": self._h.read(slots),
+                "c": self._c.read(slots),
+            }
+            logits[going], h, c = self._run(feeds)
+            self._h.write(slots, h)
+            self._c.write(slots, c)
+        return self.text.advance(samples, logits)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self._graph.run(feeds)
+        return out["logits"], out["h_out"], out["c_out"]
