@@ -114,9 +114,9 @@ class TextGenerator:
         """
         prompt = self._prompt(params.prompt)
         sampler = params.sampler
-        wanted = (
-            DEFAULT_MAX_NEW_TOKENS if sampler.max_new_tokens is None else sampler.max_new_tokens
-        )
+        wanted = sampler.max_new_tokens
+        if wanted is None:
+            wanted = min(DEFAULT_MAX_NEW_TOKENS, self.max_new_tokens)
         if wanted > self.max_new_tokens:
             raise InvalidArgument(
                 "sampler.max_new_tokens", f"must be at most {self.max_new_tokens}, got {wanted}"

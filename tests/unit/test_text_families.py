@@ -1,8 +1,8 @@
-"""The char-LSTM family in process: batching never changes a text; stops, streams, bad input.
+"""The text families in process: batching never changes a text; stops, streams, bad input.
 
-A tiny LSTM is trained for a few steps on the Shakespeare corpus and
-exported by the real exporter; its texts are gibberish, which is all these
-tests need: the same gibberish alone and batched.
+A tiny LSTM and a tiny GPT are trained for a few steps on the Shakespeare
+corpus and exported by the real exporters; their texts are gibberish, which
+is all these tests need: the same gibberish alone and batched.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from genserve.exporters import lstm, lstm_model, training
+from genserve.exporters import gpt, gpt_model, lstm, lstm_model, training
+from genserve.families.gpt import GptModel
 from genserve.families.lstm import LstmModel
 from genserve.runtime import metrics
 from genserve.runtime.errors import InvalidArgument
@@ -28,19 +29,33 @@ pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 PROMPT = "ROMEO:\n"
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return lstm.train_and_export(
-        out=tmp_path_factory.mktemp("lstm"),
-        name="lstm-tiny",
-        model_config=lstm_model.LstmConfig(hidden=24, layers=2, context=16),
+CONTEXT = 96
+"""The tiny GPT's context: room for every test's prompt and tokens."""
+FAMILIES = {
+    "lstm": (lstm, lstm_model.LstmConfig(hidden=24, layers=2, context=16), LstmModel),
+    "gpt": (
+        gpt,
+        gpt_model.GptConfig(context=CONTEXT, layers=2, heads=2, width=16),
+        GptModel,
+    ),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def folder(request, tmp_path_factory):
+    exporter, model_config, _ = FAMILIES[request.param]
+    return exporter.train_and_export(
+        out=tmp_path_factory.mktemp(request.param),
+        name=f"{request.param}-tiny",
+        model_config=model_config,
         train_config=training.TrainConfig(epochs=1, batch_size=16, max_steps=20),
     )
 
 
 @pytest.fixture
 async def model(folder):
-    served = LstmModel(load_config(folder), LoadContext(SessionOptions()))
+    config = load_config(folder)
+    served = FAMILIES[config.family][2](config, LoadContext(SessionOptions()))
     await served.start()
     yield served
     await served.close()
@@ -54,7 +69,7 @@ def test_the_card_holds_the_validation_loss_a_sample_and_greedy_parity(folder):
     card = json.loads((folder / "config.json").read_text())["card"]
     assert card["metrics"]["validation_nats_per_char"] > 0
     assert card["metrics"]["sample"]["text"].startswith(PROMPT)
-    assert card["parity"]["greedy_tokens_match"] == lstm.GREEDY_TOKENS
+    assert card["parity"]["greedy_tokens_match"] == 64
     assert "Shakespeare" in card["dataset"]
 
 
@@ -99,9 +114,9 @@ async def test_text_streams_before_the_request_ends_and_length_ends_it(model):
 
 
 async def test_a_stream_left_early_leaves_the_batch_and_counts_as_cancelled(model):
-    cancelled = metrics.TEXTS_FINISHED.labels(model="lstm-tiny", reason="cancelled")
+    cancelled = metrics.TEXTS_FINISHED.labels(model=model.name, reason="cancelled")
     before = cancelled._value.get()
-    stream = model.generate_stream(params(7, max_new_tokens=1000), 0)
+    stream = model.generate_stream(params(7, max_new_tokens=CONTEXT - len(PROMPT)), 0)
     async for event in stream:
         if event.token:
             break
@@ -126,3 +141,13 @@ async def test_bad_input_names_its_field(model, given, field):
     with pytest.raises(InvalidArgument) as caught:
         await model.generate(given)
     assert caught.value.field == field
+
+
+async def test_a_gpt_text_ends_when_its_context_is_full(model):
+    if model.family != "gpt":
+        pytest.skip("only the GPT has a context")
+    with pytest.raises(InvalidArgument, match="^prompt: "):
+        await model.generate(params(1, prompt="a" * CONTEXT))
+    result = await model.generate(params(1, prompt="a" * (CONTEXT - 5), max_new_tokens=50))
+    stats = result.text_stats[0]
+    assert (stats.finish_reason, stats.completion_tokens) == (FinishReason.LENGTH, 5)

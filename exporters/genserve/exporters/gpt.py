@@ -1,0 +1,260 @@
+"""Character-level GPT on Shakespeare's plays, exported with a key/value cache.
+
+Trains ``gpt_model.Gpt`` on windows of ``context`` characters of the training
+plays, measures the validation loss in nats per character (every window of
+the held-out plays, each position predicting the next) and each block's
+largest absolute activation, exports ``gpt.onnx`` (``gpt_model.GptStep``:
+new tokens, past keys and values, past length -> logits, present), checks it
+against PyTorch for prompt passes and cached steps, and checks that greedy
+decoding through the cache matches full recomputation token for token::
+
+    python -m genserve.exporters.gpt --out models --name gpt-shakespeare \\
+        --version 1 --epochs 1 --seed 0 --threads 2
+
+``--softmax-one`` trains the "softmax + 1" attention variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genserve.exporters import cli, onnx_export, pipeline, text_training, training
+from genserve.exporters.gpt_model import (
+    Gpt,
+    GptConfig,
+    GptStep,
+    activation_peaks,
+    next_token_loss,
+)
+from genserve.exporters.quality_report import Evaluation
+from genserve.runtime.schema import GraphSpec, StepPolicy
+
+logger = logging.getLogger(__name__)
+
+PROG = "python -m genserve.exporters.gpt"
+GRAPH = "gpt"
+GREEDY_TOKENS = 64
+"""Tokens the export check decodes greedily through the cache and by full recomputation."""
+VALIDATION_BATCH = 32
+PEAK_WINDOWS = 8
+"""Validation windows the activation peaks are measured on."""
+
+
+def train_gpt(
+    model: Gpt, tokens: torch.Tensor, config: training.TrainConfig, seed: int
+) -> training.TrainResult:
+    """Next-character cross-entropy on shuffled windows of ``context`` characters."""
+    context = model.config.context
+
+    def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = next_token_loss(model, *text_training.window_batch(tokens, starts, context))
+        return loss, {"nats/char": loss.item()}
+
+    order = torch.Generator().manual_seed(seed)
+    starts = text_training.window_starts(tokens, context)
+    return training.train(model, loss_fn, starts, config, generator=order)
+
+
+@torch.no_grad()
+def validation_nats(model: Gpt, tokens: torch.Tensor) -> float:
+    """Mean next-character loss over every window of the validation text."""
+    model.eval()
+    context = model.config.context
+    starts = text_training.window_starts(tokens, context)
+    total, count = 0.0, 0
+    for i in range(0, len(starts), VALIDATION_BATCH):
+        x, y = text_training.window_batch(tokens, starts[i : i + VALIDATION_BATCH], context)
+        total += next_token_loss(model, x, y).item() * y.numel()
+        count += y.numel()
+    return round(total / count, 4)
+
+
+def export_graph(model: Gpt, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+    """Write ``gpt.onnx`` and check it: prompt passes, cached steps, greedy decoding."""
+    config, graph = model.config, GptStep(model).eval()
+    path = folder / f"{GRAPH}.onnx"
+
+    def make_inputs(batch: int, rng: np.random.Generator, new: int = 5, past: int = 7) -> dict:
+        shape = (batch, config.layers, 2, config.heads, past, config.head_dim)
+        return {
+            "tokens": rng.integers(0, config.vocab_size, (batch, new), dtype=np.int64),
+            "past": rng.standard_normal(shape).astype(np.float32),
+            "past_length": rng.integers(0, past + 1, batch, dtype=np.int64),
+        }
+
+    example = tuple(torch.from_numpy(a) for a in make_inputs(2, np.random.default_rng(0)).values())
+    with warnings.catch_warnings():  # tokens, past and past_length share the batch Dim
+        warnings.filterwarnings("ignore", r".*The axis name: batch will not be used", UserWarning)
+        onnx_model = onnx_export.export_onnx(
+            graph, example, path, input_names=["tokens", "past", "past_length"],
+            output_names=["logits", "present"],
+            axes={"tokens": {1: "new"}, "past": {4: "past"}},
+        )  # fmt: skip
+    diffs = {
+        "prompt_max_abs_diff": onnx_export.check_parity(
+            graph, path, lambda b, rng: make_inputs(b, rng, new=9, past=0)
+        ),
+        "step_max_abs_diff": onnx_export.check_parity(
+            graph, path, lambda b, rng: make_inputs(b, rng, new=1, past=config.context - 1)
+        ),
+    }
+    mismatch = greedy_mismatch(model, path)
+    if mismatch is not None:
+        raise onnx_export.ParityError(f"cached greedy decoding differs at token {mismatch}")
+    spec = {GRAPH: onnx_export.graph_spec(onnx_model, path)}
+    batch_sizes = list(onnx_export.PARITY_BATCH_SIZES)
+    parity = {"batch_sizes": batch_sizes, "max_abs_diff": max(diffs.values()), **diffs}
+    return spec, {**parity, "greedy_tokens_match": GREEDY_TOKENS}
+
+
+@torch.no_grad()
+def greedy_mismatch(model: Gpt, path: Path) -> int | None:
+    """The first token where greedy decoding through the graph and a cache the size of the
+    context (as the service keeps it) differs from PyTorch recomputing the whole text; None
+    if none does."""
+    session = onnx_export.cpu_session(path)
+    config = model.config
+    ids = [1, 2, 3]
+    cache = np.zeros((1, config.layers, 2, config.heads, config.context, config.head_dim), "f4")
+    empty = cache[..., :0, :]
+    logits, present = session.run(
+        None, {"tokens": np.array([ids]), "past": empty, "past_length": np.zeros(1, np.int64)}
+    )
+    cache[..., : len(ids), :] = present
+    for i in range(min(GREEDY_TOKENS, config.context - len(ids))):
+        want = int(model(torch.tensor([ids]))[0][0, -1].argmax())
+        if int(logits[0].argmax()) != want:
+            return i
+        feeds = {
+            "tokens": np.array([[want]]),
+            "past": cache,
+            "past_length": np.array([len(ids)], np.int64),
+        }
+        logits, present = session.run(None, feeds)
+        cache[..., len(ids) : len(ids) + 1, :] = present
+        ids.append(want)
+    return None
+
+
+class GptExporter(text_training.TextExporter):
+    """The GPT's hooks: next-character loss, activation peaks, the cached graph."""
+
+    family = "gpt"
+    prog = PROG
+    default_name = "gpt-shakespeare"
+    evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
+    parser_options = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}
+
+    def default_configs(self) -> tuple[GptConfig, training.TrainConfig]:
+        return GptConfig(), training.TrainConfig(epochs=1, batch_size=32, learning_rate=1e-3)
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--context", type=int, default=GptConfig.context)
+        parser.add_argument("--layers", type=int, default=GptConfig.layers)
+        parser.add_argument("--heads", type=int, default=GptConfig.heads)
+        parser.add_argument("--width", type=int, default=GptConfig.width)
+        parser.add_argument(
+            "--softmax-one",
+            action="store_true",
+            help='attention with the "softmax + 1" denominator',
+        )
+
+    def configs(self, args: argparse.Namespace) -> tuple[GptConfig, training.TrainConfig]:
+        model_config = GptConfig(
+            context=args.context, layers=args.layers, heads=args.heads, width=args.width,
+            softmax_one=args.softmax_one,
+        )  # fmt: skip
+        return model_config, cli.train_config(args)
+
+    def flags(self, run: pipeline.Run) -> list[str]:
+        config = run.model_config
+        flags = [
+            "--context", str(config.context), "--layers", str(config.layers),
+            "--heads", str(config.heads), "--width", str(config.width),
+        ]  # fmt: skip
+        return flags + (["--softmax-one"] if config.softmax_one else [])
+
+    def build(self, run: pipeline.Run) -> Gpt:
+        vocab = text_training.vocabulary(run)
+        model = Gpt(dataclasses.replace(run.model_config, vocab_size=len(vocab)))
+        model.vocabulary = vocab
+        return model
+
+    def fit(self, model: Gpt, run: pipeline.Run) -> pipeline.Trained:
+        vocab, context = model.vocabulary, model.config.context
+        train = text_training.tokens_of(run.train, vocab)
+        result = train_gpt(model, train, run.train_config, run.seed)
+        validation = text_training.tokens_of(run.test, vocab)
+        nats = validation_nats(model, validation)
+        windows, _ = text_training.window_batch(
+            validation, text_training.window_starts(validation, context)[:PEAK_WINDOWS], context
+        )
+        metrics = {
+            "final_train_nats_per_char": round(result.last_epoch_loss, 4),
+            "validation_nats_per_char": nats,
+            "validation_bits_per_char": round(nats / math.log(2), 4),
+            "activation_peak_per_layer": activation_peaks(model, windows),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "sample": text_training.card_sample(
+                text_training.sample_text(
+                    lambda ids: _last_logits(model, ids), vocab, tokens=_card_tokens(context)
+                )
+            ),
+        }
+        return pipeline.Trained(result, metrics)
+
+    def export(self, model: Gpt, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
+        return export_graph(model, folder)
+
+    def description(self, model: Gpt, run: pipeline.Run) -> str:
+        config, count = model.config, sum(p.numel() for p in model.parameters())
+        attention = '"softmax + 1" attention' if config.softmax_one else "softmax attention"
+        return (
+            f"Character-level GPT ({config.layers} blocks, {config.heads} heads, width "
+            f"{config.width}, context {config.context}, {attention}, {count:,} parameters, "
+            f"{config.vocab_size} characters) trained on {run.dataset_name}; gpt.onnx takes "
+            "new tokens with past keys and values and returns the new tokens' keys and values."
+        )
+
+    def sections(self, model: Gpt, run: pipeline.Run) -> dict:
+        config = model.config
+        return {
+            "stepping": StepPolicy(max_running=32, max_waiting=1024),
+            "max_num_samples": 16,
+            "params": {
+                "network": dataclasses.asdict(config),
+                "vocabulary": model.vocabulary.chars,
+                "max_prompt_chars": config.context - 1,
+                "max_new_tokens": config.context - 1,
+            },
+        }
+
+
+@torch.no_grad()
+def _last_logits(model: Gpt, ids: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(ids)[None])[0][0, -1].numpy()
+
+
+def _card_tokens(context: int) -> int:
+    """The card sample's length: what the context leaves after the prompt, as served."""
+    return min(text_training.CARD_TOKENS, context - len(text_training.CARD_PROMPT))
+
+
+def load_checkpoint(path: Path) -> Gpt:
+    """Rebuild the GPT from :func:`training.save_checkpoint`'s file."""
+    return training.load_checkpoint(path, Gpt, GptConfig)
+
+
+EXPORTER = GptExporter()
+train_and_export, main = EXPORTER.train_and_export, EXPORTER.main
+
+if __name__ == "__main__":
+    main()

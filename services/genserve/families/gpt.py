@@ -1,0 +1,142 @@
+"""GPT: a character-level transformer, one token per step, its keys and values cached in place.
+
+Every sample is one sequence of the model's step worker. The cache is one
+preallocated array with a row per running sample, each row the size of the
+whole context::
+
+    cache (max_running, layers, 2, heads, context, head_dim) float32
+
+A step runs ``gpt.onnx`` (see the exporter's ``gpt_model``):
+
+1. a sample whose row is gone (it finished, or left) frees it: the last row
+   moves into the hole, so the rows in use are always the first k, one
+   row copy per departure, never per step;
+2. each sample that joins runs its prompt alone with an empty past
+   (batch 1, P = 0); its keys and values fill a new row at the end;
+3. the other k samples feed their last token with ``cache[:k]`` as their
+   past (a view: nothing is gathered or concatenated) and their own
+   ``past_length``; the graph returns only the new token's keys and values,
+   written into each row at its position.
+
+Every decode step hands the graph the whole context (P = context, later
+positions masked out), so its shapes never depend on how long the other
+samples are: a text is the same alone or batched, and the step's work
+outside the session call does not grow with the context. Request checks,
+token drawing, stop sequences and streaming are the text families' shared
+:class:`~genserve.runtime.textgen.TextGenerator`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from genserve.runtime.errors import InvalidArgument
+from genserve.runtime.model import (
+    GENERATE,
+    GENERATE_STREAM,
+    GenerateParams,
+    LoadContext,
+    Output,
+    ServedModel,
+    StreamEvent,
+)
+from genserve.runtime.repository import ModelConfig
+from genserve.runtime.scheduler import Sequence
+from genserve.runtime.textgen import TextGenerator, TextSample
+from genserve.runtime.vocab import CharVocabulary
+
+GRAPH = "gpt"
+
+
+class GptModel(ServedModel):
+    """Character-level GPT with a per-row key/value cache."""
+
+    family = "gpt"
+    calls = (GENERATE, GENERATE_STREAM)
+
+    def __init__(self, config: ModelConfig, context: LoadContext) -> None:
+        super().__init__(config, context)
+        params = config.params
+        network = params.get("network", {})
+        shape = [int(network.get(k, 0)) for k in ("layers", "heads", "width", "context")]
+        if not (all(shape) and params.get("vocabulary")):
+            raise InvalidArgument("params", f"model {config.name} lacks its network or vocabulary")
+        layers, heads, width, self.context_length = shape
+        self.text = TextGenerator(
+            config.name,
+            CharVocabulary(params["vocabulary"]),
+            max_prompt_chars=int(params.get("max_prompt_chars", self.context_length - 1)),
+            max_new_tokens=int(params.get("max_new_tokens", self.context_length - 1)),
+            context=self.context_length,
+        )
+        self._graph = context.open_graph(config, GRAPH)
+        self._worker = self.stepped("tokens", self._step)
+        rows = self._worker.scheduler.policy.max_running
+        self._cache = np.zeros((rows, layers, 2, heads, self.context_length, width // heads), np.float32)
+        self._rows: list[TextSample] = []
+        """The sample whose keys and values each cache row holds, in row order."""
+
+    async def generate(self, params: GenerateParams) -> Output:
+        return await self.text.generate(self._worker, params)
+
+    def generate_stream(
+        self, params: GenerateParams, preview_every_steps: int
+    ) -> AsyncIterator[StreamEvent]:
+        return self.text.generate_stream(self._worker, params)
+
+    # -- steps (in the executor) ---------------------------------------------------------------
+
+    def _step(self, batch: list[Sequence]) -> list[bool]:
+        """Every running sample's next token."""
+        samples: list[TextSample] = [seq.state for seq in batch]
+        self._free_rows(set(samples))
+        logits = {}
+        going = list(self._rows)  # rows 0..k-1, in row order
+        for sample in samples:
+            if not sample.prefilled:
+                logits[sample] = self._prefill(sample)
+        if going:
+            for sample, row_logits in zip(going, self._decode(going), strict=True):
+                logits[sample] = row_logits
+        return self.text.advance(samples, np.stack([logits[s] for s in samples]))
+
+    def _free_rows(self, running: set[TextSample]) -> None:
+        """Drop the rows of samples no longer running; the last rows fill the holes."""
+        row = 0
+        while row < len(self._rows):
+            if self._rows[row] in running:
+                row += 1
+                continue
+            last = len(self._rows) - 1
+            if row != last:
+                self._cache[row] = self._cache[last]
+                self._rows[row] = self._rows[last]
+            self._rows.pop()
+
+    def _prefill(self, sample: TextSample) -> np.ndarray:
+        """Run a joining sample's prompt alone; its keys and values fill a new row."""
+        row = len(self._rows)
+        feeds = {
+            "tokens": sample.prompt[None],
+            "past": self._cache[row : row + 1, ..., :0, :],
+            "past_length": np.zeros(1, np.int64),
+        }
+        out = self._graph.run(feeds)
+        self._cache[row, ..., : len(sample.prompt), :] = out["present"][0]
+        self._rows.append(sample)
+        return out["logits"][0]
+
+    def _decode(self, going: list[TextSample]) -> np.ndarray:
+        """One token for each of the first k rows' samples; their new keys and values in place."""
+        k = len(going)
+        positions = np.array([s.length - 1 for s in going], np.int64)  # of each last token
+        feeds = {
+            "tokens": np.array([[s.tokens[-1]] for s in going], np.int64),
+            "past": self._cache[:k],
+            "past_length": positions,
+        }
+        out = self._graph.run(feeds)
+        self._cache[np.arange(k), :, :, :, positions, :] = out["present"][:, :, :, :, 0, :]
+        return out["logits"]
