@@ -122,7 +122,7 @@ async def test_a_stream_left_early_leaves_the_batch_and_counts_as_cancelled(mode
             break
     await stream.aclose()
     assert cancelled._value.get() == before + 1
-    while model._worker.scheduler.num_running:  # it leaves at the next step boundary
+    while model.worker.scheduler.num_running:  # it leaves at the next step boundary
         await asyncio.sleep(0)
 
 
@@ -146,7 +146,7 @@ async def test_bad_input_names_its_field(model, given, field):
 async def test_a_gpt_text_ends_when_its_context_is_full(model):
     if model.family != "gpt":
         pytest.skip("only the GPT has a context")
-    with pytest.raises(InvalidArgument, match="^prompt: "):
+    with pytest.raises(InvalidArgument, match=r"^prompt: "):
         await model.generate(params(1, prompt="a" * CONTEXT))
     result = await model.generate(params(1, prompt="a" * (CONTEXT - 5), max_new_tokens=50))
     stats = result.text_stats[0]

@@ -16,8 +16,6 @@ decoding through the cache matches full recomputation token for token::
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import math
 import warnings
@@ -26,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genserve.exporters import cli, onnx_export, pipeline, text_training, training
+from genserve.exporters import onnx_export, pipeline, text_training, training
 from genserve.exporters.gpt_model import (
     Gpt,
     GptConfig,
@@ -35,7 +33,7 @@ from genserve.exporters.gpt_model import (
     next_token_loss,
 )
 from genserve.exporters.quality_report import Evaluation
-from genserve.runtime.schema import GraphSpec, StepPolicy
+from genserve.runtime.schema import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -152,41 +150,12 @@ class GptExporter(text_training.TextExporter):
     default_name = "gpt-shakespeare"
     evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
     parser_options = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}
+    model_class = Gpt
+    config_flags = ("context", "layers", "heads", "width", "softmax_one")
+    max_running = 32
 
     def default_configs(self) -> tuple[GptConfig, training.TrainConfig]:
         return GptConfig(), training.TrainConfig(epochs=1, batch_size=32, learning_rate=1e-3)
-
-    def add_flags(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--context", type=int, default=GptConfig.context)
-        parser.add_argument("--layers", type=int, default=GptConfig.layers)
-        parser.add_argument("--heads", type=int, default=GptConfig.heads)
-        parser.add_argument("--width", type=int, default=GptConfig.width)
-        parser.add_argument(
-            "--softmax-one",
-            action="store_true",
-            help='attention with the "softmax + 1" denominator',
-        )
-
-    def configs(self, args: argparse.Namespace) -> tuple[GptConfig, training.TrainConfig]:
-        model_config = GptConfig(
-            context=args.context, layers=args.layers, heads=args.heads, width=args.width,
-            softmax_one=args.softmax_one,
-        )  # fmt: skip
-        return model_config, cli.train_config(args)
-
-    def flags(self, run: pipeline.Run) -> list[str]:
-        config = run.model_config
-        flags = [
-            "--context", str(config.context), "--layers", str(config.layers),
-            "--heads", str(config.heads), "--width", str(config.width),
-        ]  # fmt: skip
-        return flags + (["--softmax-one"] if config.softmax_one else [])
-
-    def build(self, run: pipeline.Run) -> Gpt:
-        vocab = text_training.vocabulary(run)
-        model = Gpt(dataclasses.replace(run.model_config, vocab_size=len(vocab)))
-        model.vocabulary = vocab
-        return model
 
     def fit(self, model: Gpt, run: pipeline.Run) -> pipeline.Trained:
         vocab, context = model.vocabulary, model.config.context
@@ -224,18 +193,9 @@ class GptExporter(text_training.TextExporter):
             "new tokens with past keys and values and returns the new tokens' keys and values."
         )
 
-    def sections(self, model: Gpt, run: pipeline.Run) -> dict:
-        config = model.config
-        return {
-            "stepping": StepPolicy(max_running=32, max_waiting=1024),
-            "max_num_samples": 16,
-            "params": {
-                "network": dataclasses.asdict(config),
-                "vocabulary": model.vocabulary.chars,
-                "max_prompt_chars": config.context - 1,
-                "max_new_tokens": config.context - 1,
-            },
-        }
+    def limits(self, model: Gpt) -> dict[str, int]:
+        room = model.config.context - 1  # a prompt of one token leaves the rest to generate
+        return {"max_prompt_chars": room, "max_new_tokens": room}
 
 
 @torch.no_grad()

@@ -13,8 +13,6 @@ token, and writes ``<out>/<name>/<version>/``::
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import logging
 import math
 import warnings
@@ -24,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genserve.exporters import cli, onnx_export, pipeline, text_training, training
+from genserve.exporters import onnx_export, pipeline, text_training, training
 from genserve.exporters.lstm_model import CharLstm, LstmConfig, LstmGraph
 from genserve.exporters.quality_report import Evaluation
-from genserve.runtime.schema import GraphSpec, StepPolicy
+from genserve.runtime.schema import GraphSpec
 
 logger = logging.getLogger(__name__)
 
@@ -135,31 +133,11 @@ class LstmExporter(text_training.TextExporter):
     default_name = "lstm-shakespeare"
     evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
     parser_options = {"epochs": 1, "batch_size": 64, "learning_rate": 2e-3}
+    model_class = CharLstm
+    config_flags = ("hidden", "layers", "context")
 
     def default_configs(self) -> tuple[LstmConfig, training.TrainConfig]:
         return LstmConfig(), training.TrainConfig(epochs=1, batch_size=64, learning_rate=2e-3)
-
-    def add_flags(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--hidden", type=int, default=LstmConfig.hidden)
-        parser.add_argument("--layers", type=int, default=LstmConfig.layers)
-        parser.add_argument("--context", type=int, default=LstmConfig.context)
-
-    def configs(self, args: argparse.Namespace) -> tuple[LstmConfig, training.TrainConfig]:
-        model_config = LstmConfig(hidden=args.hidden, layers=args.layers, context=args.context)
-        return model_config, cli.train_config(args)
-
-    def flags(self, run: pipeline.Run) -> list[str]:
-        config = run.model_config
-        return [
-            "--hidden", str(config.hidden), "--layers", str(config.layers),
-            "--context", str(config.context),
-        ]  # fmt: skip
-
-    def build(self, run: pipeline.Run) -> CharLstm:
-        vocab = text_training.vocabulary(run)
-        model = CharLstm(dataclasses.replace(run.model_config, vocab_size=len(vocab)))
-        model.vocabulary = vocab
-        return model
 
     def fit(self, model: CharLstm, run: pipeline.Run) -> pipeline.Trained:
         vocab = model.vocabulary
@@ -188,19 +166,6 @@ class LstmExporter(text_training.TextExporter):
             f"windows of {config.context} characters; lstm.onnx runs a prompt from a zero "
             "state and then one character a call, the state carried between calls."
         )
-
-    def sections(self, model: CharLstm, run: pipeline.Run) -> dict:
-        config = model.config
-        return {
-            "stepping": StepPolicy(max_running=64, max_waiting=1024),
-            "max_num_samples": 16,
-            "params": {
-                "network": dataclasses.asdict(config),
-                "vocabulary": model.vocabulary.chars,
-                "max_prompt_chars": 2048,
-                "max_new_tokens": 1024,
-            },
-        }
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """What the character-level text exporters share: data, training windows, sampling.
 
-- :class:`TextExporter`: the pipeline's data hook for text (Shakespeare, from
-  :mod:`text_data`); the vocabulary is every character of the training text.
+- :class:`TextExporter`: the pipeline's hooks every text family shares: the
+  data (Shakespeare, from :mod:`text_data`), a flag per network size, the
+  model built for the vocabulary (every character of the training text),
+  and the config sections (network, vocabulary, step policy, limits).
 - :func:`window_starts` and :func:`window_batch`: the training examples are
   windows of ``context + 1`` characters (inputs and next-character targets)
   starting every ``context`` characters; the shared loop shuffles their starts.
@@ -12,14 +14,18 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
-from genserve.exporters import pipeline
+from genserve.exporters import cli, pipeline, training
 from genserve.exporters.text_data import CARD, load_shakespeare
+from genserve.runtime.schema import StepPolicy
 from genserve.runtime.tokens import draw
 from genserve.runtime.vocab import CharVocabulary
 
@@ -34,10 +40,58 @@ class TextExporter(pipeline.Exporter):
 
     datasets = ("shakespeare",)
     quick_eval = False
+    model_class: ClassVar[type[nn.Module]]
+    """The network; built from its config dataclass (``default_configs``'s first)."""
+    config_flags: ClassVar[tuple[str, ...]] = ()
+    """Config fields with a flag each (``--name``; a bool is a switch)."""
+    max_running: ClassVar[int] = 64
+    """Samples its step runs at once."""
 
     def load_data(self, data: str) -> tuple[str, str, str]:
         corpus = load_shakespeare()
         return corpus.train, corpus.validation, CARD
+
+    def add_flags(self, parser: argparse.ArgumentParser) -> None:
+        defaults = self.default_configs()[0]
+        for name in self.config_flags:
+            flag, default = "--" + name.replace("_", "-"), getattr(defaults, name)
+            if isinstance(default, bool):
+                parser.add_argument(flag, action="store_true")
+            else:
+                parser.add_argument(flag, type=type(default), default=default)
+
+    def configs(self, args: argparse.Namespace) -> tuple[Any, training.TrainConfig]:
+        config_class = type(self.default_configs()[0])
+        fields = {name: getattr(args, name) for name in self.config_flags}
+        return config_class(**fields), cli.train_config(args)
+
+    def flags(self, run: pipeline.Run) -> list[str]:
+        flags = []
+        for name in self.config_flags:
+            flag, value = "--" + name.replace("_", "-"), getattr(run.model_config, name)
+            flags += ([flag] if value else []) if isinstance(value, bool) else [flag, str(value)]
+        return flags
+
+    def build(self, run: pipeline.Run) -> nn.Module:
+        vocab = vocabulary(run)
+        model = self.model_class(dataclasses.replace(run.model_config, vocab_size=len(vocab)))
+        model.vocabulary = vocab
+        return model
+
+    def limits(self, model: nn.Module) -> dict[str, int]:
+        """The config's max_prompt_chars and max_new_tokens."""
+        return {"max_prompt_chars": 2048, "max_new_tokens": 1024}
+
+    def sections(self, model: nn.Module, run: pipeline.Run) -> dict:
+        return {
+            "stepping": StepPolicy(max_running=self.max_running, max_waiting=1024),
+            "max_num_samples": 16,
+            "params": {
+                "network": dataclasses.asdict(model.config),
+                "vocabulary": model.vocabulary.chars,
+                **self.limits(model),
+            },
+        }
 
 
 def vocabulary(run: pipeline.Run) -> CharVocabulary:

@@ -23,72 +23,39 @@ positions masked out), so its shapes never depend on how long the other
 samples are: a text is the same alone or batched, and the step's work
 outside the session call does not grow with the context. Request checks,
 token drawing, stop sequences and streaming are the text families' shared
-:class:`~genserve.runtime.textgen.TextGenerator`.
+:class:`~genserve.runtime.textgen.TextModel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import numpy as np
 
-from genserve.runtime.errors import InvalidArgument
-from genserve.runtime.model import (
-    GENERATE,
-    GENERATE_STREAM,
-    GenerateParams,
-    LoadContext,
-    Output,
-    ServedModel,
-    StreamEvent,
-)
+from genserve.runtime.model import LoadContext
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.scheduler import Sequence
-from genserve.runtime.textgen import TextGenerator, TextSample
-from genserve.runtime.vocab import CharVocabulary
+from genserve.runtime.textgen import TextModel, TextSample
 
 GRAPH = "gpt"
 
 
-class GptModel(ServedModel):
+class GptModel(TextModel):
     """Character-level GPT with a per-row key/value cache."""
 
     family = "gpt"
-    calls = (GENERATE, GENERATE_STREAM)
+    network_keys = ("layers", "heads", "width", "context")
 
     def __init__(self, config: ModelConfig, context: LoadContext) -> None:
-        super().__init__(config, context)
-        params = config.params
-        network = params.get("network", {})
-        shape = [int(network.get(k, 0)) for k in ("layers", "heads", "width", "context")]
-        if not (all(shape) and params.get("vocabulary")):
-            raise InvalidArgument("params", f"model {config.name} lacks its network or vocabulary")
-        layers, heads, width, self.context_length = shape
-        self.text = TextGenerator(
-            config.name,
-            CharVocabulary(params["vocabulary"]),
-            max_prompt_chars=int(params.get("max_prompt_chars", self.context_length - 1)),
-            max_new_tokens=int(params.get("max_new_tokens", self.context_length - 1)),
-            context=self.context_length,
-        )
+        length = int(config.params.get("network", {}).get("context", 0))
+        super().__init__(config, context, context_length=length)
+        layers, heads, width, _ = self.network.values()
         self._graph = context.open_graph(config, GRAPH)
-        self._worker = self.stepped("tokens", self._step)
-        rows = self._worker.scheduler.policy.max_running
-        self._cache = np.zeros((rows, layers, 2, heads, self.context_length, width // heads), np.float32)
+        self._cache = np.zeros((self.slots, layers, 2, heads, length, width // heads), np.float32)
         self._rows: list[TextSample] = []
         """The sample whose keys and values each cache row holds, in row order."""
 
-    async def generate(self, params: GenerateParams) -> Output:
-        return await self.text.generate(self._worker, params)
-
-    def generate_stream(
-        self, params: GenerateParams, preview_every_steps: int
-    ) -> AsyncIterator[StreamEvent]:
-        return self.text.generate_stream(self._worker, params)
-
     # -- steps (in the executor) ---------------------------------------------------------------
 
-    def _step(self, batch: list[Sequence]) -> list[bool]:
+    def step(self, batch: list[Sequence]) -> list[bool]:
         """Every running sample's next token."""
         samples: list[TextSample] = [seq.state for seq in batch]
         self._free_rows(set(samples))

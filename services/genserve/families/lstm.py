@@ -12,69 +12,37 @@ The state never leaves its slot between steps (:class:`SlotTensor`), and a
 row's result does not depend on the rows beside it (ONNX Runtime's LSTM on
 the CPU computes every row alike), so a text is the same alone or batched.
 Request checks, token drawing, stop sequences and streaming are the text
-families' shared :class:`~genserve.runtime.textgen.TextGenerator`.
+families' shared :class:`~genserve.runtime.textgen.TextModel`.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import numpy as np
 
-from genserve.runtime.errors import InvalidArgument
-from genserve.runtime.model import (
-    GENERATE,
-    GENERATE_STREAM,
-    GenerateParams,
-    LoadContext,
-    Output,
-    ServedModel,
-    StreamEvent,
-)
+from genserve.runtime.model import LoadContext
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.scheduler import Sequence
 from genserve.runtime.slots import SlotTensor
-from genserve.runtime.textgen import TextGenerator, TextSample
-from genserve.runtime.vocab import CharVocabulary
+from genserve.runtime.textgen import TextModel, TextSample
 
 GRAPH = "lstm"
 
 
-class LstmModel(ServedModel):
+class LstmModel(TextModel):
     """Character-level LSTM language model."""
 
     family = "lstm"
-    calls = (GENERATE, GENERATE_STREAM)
+    network_keys = ("layers", "hidden")
 
     def __init__(self, config: ModelConfig, context: LoadContext) -> None:
         super().__init__(config, context)
-        params = config.params
-        network = params.get("network", {})
-        layers, hidden = int(network.get("layers", 0)), int(network.get("hidden", 0))
-        if not (layers and hidden and params.get("vocabulary")):
-            raise InvalidArgument("params", f"model {config.name} lacks its network or vocabulary")
-        self.text = TextGenerator(
-            config.name,
-            CharVocabulary(params["vocabulary"]),
-            max_prompt_chars=int(params.get("max_prompt_chars", 2048)),
-            max_new_tokens=int(params.get("max_new_tokens", 1024)),
-        )
+        state = (self.network["layers"], self.network["hidden"])
         self._graph = context.open_graph(config, GRAPH)
-        self._worker = self.stepped("tokens", self._step)
-        slots = self._worker.scheduler.policy.max_running
-        self._h = SlotTensor(slots, (layers, hidden), np.float32)
-        self._c = SlotTensor(slots, (layers, hidden), np.float32)
-        self._zero = np.zeros((1, layers, hidden), np.float32)
+        self._h = SlotTensor(self.slots, state, np.float32)
+        self._c = SlotTensor(self.slots, state, np.float32)
+        self._zero = np.zeros((1, *state), np.float32)
 
-    async def generate(self, params: GenerateParams) -> Output:
-        return await self.text.generate(self._worker, params)
-
-    def generate_stream(
-        self, params: GenerateParams, preview_every_steps: int
-    ) -> AsyncIterator[StreamEvent]:
-        return self.text.generate_stream(self._worker, params)
-
-    def _step(self, batch: list[Sequence]) -> list[bool]:
+    def step(self, batch: list[Sequence]) -> list[bool]:
         """Every running sample's next token; runs in the executor."""
         samples: list[TextSample] = [seq.state for seq in batch]
         logits = np.empty((len(samples), len(self.text.vocab)), np.float32)

@@ -1,8 +1,10 @@
 """Text generation on a step worker: what the text families (lstm, gpt) share.
 
-A text family owns its graph, its per-slot state (an LSTM's h and c, a GPT's
-key/value cache) and a step that turns a batch of :class:`TextSample` into
-next-token logits, prefilling the prompt of each sample that joins. A
+A text family subclasses :class:`TextModel` and owns its graph, its
+per-slot state (an LSTM's h and c, a GPT's key/value cache) and a step that
+turns a batch of :class:`TextSample` into next-token logits, prefilling the
+prompt of each sample that joins. :class:`TextModel` reads the config's
+network and vocabulary and serves Generate and GenerateStream; its
 :class:`TextGenerator` does the rest, the same for every text family:
 
 - :meth:`~TextGenerator.samples` checks a request (prompt, sampler settings,
@@ -30,7 +32,18 @@ import numpy as np
 
 from genserve.runtime import metrics, sampling
 from genserve.runtime.errors import InvalidArgument
-from genserve.runtime.model import GenerateParams, Output, StreamEvent, TextStats
+from genserve.runtime.model import (
+    GENERATE,
+    GENERATE_STREAM,
+    GenerateParams,
+    LoadContext,
+    Output,
+    ServedModel,
+    StreamEvent,
+    TextStats,
+)
+from genserve.runtime.repository import ModelConfig
+from genserve.runtime.scheduler import Sequence
 from genserve.runtime.stepper import StepWorker
 from genserve.runtime.tokens import FinishReason, StopText, draw
 from genserve.runtime.vocab import CharVocabulary
@@ -234,3 +247,54 @@ class TextGenerator:
                 for s in samples
             ],
         )
+
+
+class TextModel(ServedModel):
+    """A character-level text model served one token per step; a family adds its step.
+
+    Args:
+        config: the version's config; ``params.network`` must give every name
+            in ``network_keys`` and ``params.vocabulary`` the characters.
+        context: how to open graphs.
+        context_length: the most tokens the model attends to; None for no limit.
+    """
+
+    calls = (GENERATE, GENERATE_STREAM)
+    network_keys: tuple[str, ...] = ()
+    """The network sizes the family needs from ``params.network``."""
+
+    def __init__(
+        self, config: ModelConfig, context: LoadContext, *, context_length: int | None = None
+    ) -> None:
+        super().__init__(config, context)
+        params = config.params
+        network = params.get("network", {})
+        self.network = {key: int(network.get(key, 0)) for key in self.network_keys}
+        if not (all(self.network.values()) and params.get("vocabulary")):
+            raise InvalidArgument("params", f"model {config.name} lacks its network or vocabulary")
+        cap = 2048 if context_length is None else context_length - 1
+        self.text = TextGenerator(
+            config.name,
+            CharVocabulary(params["vocabulary"]),
+            max_prompt_chars=int(params.get("max_prompt_chars", cap)),
+            max_new_tokens=int(params.get("max_new_tokens", cap)),
+            context=context_length,
+        )
+        self.worker = self.stepped("tokens", self.step)
+
+    @property
+    def slots(self) -> int:
+        """Samples running at once: the rows the family's per-slot state needs."""
+        return self.worker.scheduler.policy.max_running
+
+    def step(self, batch: list[Sequence]) -> list[bool]:
+        """Every running sample's next token (prefilling those that join); which are done."""
+        raise NotImplementedError
+
+    async def generate(self, params: GenerateParams) -> Output:
+        return await self.text.generate(self.worker, params)
+
+    def generate_stream(
+        self, params: GenerateParams, preview_every_steps: int
+    ) -> AsyncIterator[StreamEvent]:
+        return self.text.generate_stream(self.worker, params)
