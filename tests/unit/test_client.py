@@ -23,6 +23,7 @@ from genserve.client import (
     NotFoundError,
     RetryPolicy,
     StepProgress,
+    TextStats,
     TokenDelta,
     UnavailableError,
     cli,
@@ -115,6 +116,11 @@ class FakeModelService(model_service_pb2_grpc.ModelServiceServicer):
         response = pb.GenerateResponse(model_name=request.model_name, model_version="3", seed=seed)
         if request.model_name.startswith("gpt"):
             response.texts.extend(f"{request.prompt}#{i}" for i in range(request.num_samples))
+            for _ in range(request.num_samples):
+                response.text_stats.add(
+                    finish_reason=pb.FINISH_REASON_STOP, prompt_tokens=len(request.prompt),
+                    completion_tokens=2,
+                )  # fmt: skip
         else:
             pixels = np.full((request.num_samples, 1, 6, 5), 0.5, np.float32)
             response.images.tensor.CopyFrom(from_numpy(pixels))
@@ -265,6 +271,7 @@ def test_generate_returns_images_and_seed(client: Client) -> None:
     result.images[0] = 0  # results are writable copies
     text = client.generate("gpt-shakespeare", 2, prompt="O")
     assert text.texts == ["O#0", "O#1"] and text.images is None
+    assert text.text_stats == [TextStats("stop", 1, 2)] * 2
 
 
 def test_bad_request_details_become_invalid_argument_with_field(client: Client) -> None:
@@ -410,6 +417,7 @@ def test_cli_generate_prints_texts(server: tuple[str, FakeModelService], capsys)
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     assert captured.out == "Be#0\n" and "seed: 1234" in captured.err
+    assert "finish: stop (2 prompt + 2 generated tokens)" in captured.err
 
 
 @pytest.mark.parametrize(

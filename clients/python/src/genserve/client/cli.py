@@ -254,6 +254,13 @@ def _generate(client: Client, args: argparse.Namespace) -> int:
         streamed = _Streamed(client.generate(args.model, args.num_samples, **options))
     result = streamed.result
     print(f"seed: {result.seed}", file=sys.stderr)
+    for i, stats in enumerate(result.text_stats):
+        which = f"sample {i}: " if len(result.text_stats) > 1 else ""
+        print(
+            f"{which}finish: {stats.finish_reason} ({stats.prompt_tokens} prompt + "
+            f"{stats.completion_tokens} generated tokens)",
+            file=sys.stderr,
+        )
     if result.texts and not streamed.printed:
         for i, text in enumerate(result.texts):
             if len(result.texts) > 1:
