@@ -27,6 +27,8 @@ from genserve.runtime.tokens import FinishReason
 pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_torch_thread")]
 
 PROMPT = "ROMEO:\n"
+EVAL_CHARS = 4000
+"""Validation characters the tiny models are measured on."""
 
 
 CONTEXT = 96
@@ -49,6 +51,7 @@ def folder(request, tmp_path_factory):
         name=f"{request.param}-tiny",
         model_config=model_config,
         train_config=training.TrainConfig(epochs=1, batch_size=16, max_steps=20),
+        eval_limit=EVAL_CHARS,
     )
 
 

@@ -65,7 +65,7 @@ def train_gpt(
 def validation_nats(model: Gpt, tokens: torch.Tensor) -> float:
     """Mean next-character loss over every window of the validation text."""
     model.eval()
-    context = model.config.context
+    context = min(model.config.context, len(tokens) - 1)  # a short text: one window of it all
     starts = text_training.window_starts(tokens, context)
     total, count = 0.0, 0
     for i in range(0, len(starts), VALIDATION_BATCH):
@@ -158,13 +158,14 @@ class GptExporter(text_training.TextExporter):
         return GptConfig(), training.TrainConfig(epochs=1, batch_size=32, learning_rate=1e-3)
 
     def fit(self, model: Gpt, run: pipeline.Run) -> pipeline.Trained:
-        vocab, context = model.vocabulary, model.config.context
+        vocab = model.vocabulary
         train = text_training.tokens_of(run.train, vocab)
         result = train_gpt(model, train, run.train_config, run.seed)
-        validation = text_training.tokens_of(run.test, vocab)
+        validation = text_training.tokens_of(text_training.validation_text(run), vocab)
         nats = validation_nats(model, validation)
+        window = min(model.config.context, len(validation) - 1)
         windows, _ = text_training.window_batch(
-            validation, text_training.window_starts(validation, context)[:PEAK_WINDOWS], context
+            validation, text_training.window_starts(validation, window)[:PEAK_WINDOWS], window
         )
         metrics = {
             "final_train_nats_per_char": round(result.last_epoch_loss, 4),
@@ -174,7 +175,9 @@ class GptExporter(text_training.TextExporter):
             "parameters": sum(p.numel() for p in model.parameters()),
             "sample": text_training.card_sample(
                 text_training.sample_text(
-                    lambda ids: _last_logits(model, ids), vocab, tokens=_card_tokens(context)
+                    lambda ids: _last_logits(model, ids),
+                    vocab,
+                    tokens=_card_tokens(model.config.context),
                 )
             ),
         }

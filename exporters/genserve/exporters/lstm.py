@@ -143,7 +143,9 @@ class LstmExporter(text_training.TextExporter):
         vocab = model.vocabulary
         train = text_training.tokens_of(run.train, vocab)
         result = train_lstm(model, train, run.train_config, run.seed)
-        nats = validation_nats(model, text_training.tokens_of(run.test, vocab))
+        nats = validation_nats(
+            model, text_training.tokens_of(text_training.validation_text(run), vocab)
+        )
         metrics = {
             "final_train_nats_per_char": round(result.last_epoch_loss, 4),
             "validation_nats_per_char": nats,

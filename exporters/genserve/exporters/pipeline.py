@@ -70,7 +70,8 @@ class Run:
     test: Any
     """The test (validation) split, of the same kind."""
     eval_limit: int | None = None
-    """Evaluate on the first this many test images; None for all."""
+    """Evaluate on the first this many test examples (images, or characters of a
+    validation text); None for all."""
 
     @property
     def dataset_name(self) -> str:
@@ -123,7 +124,7 @@ class Exporter(abc.ABC):
     evaluation: ClassVar[Evaluation] = Evaluation()
     """How the evaluation judges its models: how it samples, and its own goals."""
     quick_eval: ClassVar[bool] = True
-    """Whether ``--max-steps`` also limits the test images evaluated (``eval_limit``)."""
+    """Whether ``--max-steps`` also limits the test examples evaluated (``eval_limit``)."""
     parser_options: ClassVar[dict[str, Any]] = {}
     """Defaults of the shared flags (:func:`cli.build_parser`'s keyword arguments)."""
     datasets: ClassVar[tuple[str, ...]] = DATASETS
@@ -206,7 +207,8 @@ class Exporter(abc.ABC):
             seed: seeds the weights, the shuffling, the noise and the evaluation samples.
             model_config: the model's shape; None for the family's default.
             train_config: epochs, batch size, learning rate, step budget; None for the default.
-            eval_limit: evaluate on the first this many test images; None for all.
+            eval_limit: evaluate on the first this many test examples (images, or
+                characters of a validation text); None for all.
             command: the command line for the model card; None writes the
                 equivalent ``python -m`` command.
             checkpoint: also save the PyTorch checkpoint here.

@@ -39,7 +39,6 @@ class TextExporter(pipeline.Exporter):
     """An exporter of a character-level model trained on Shakespeare."""
 
     datasets = ("shakespeare",)
-    quick_eval = False
     model_class: ClassVar[type[nn.Module]]
     """The network; built from its config dataclass (``default_configs``'s first)."""
     config_flags: ClassVar[tuple[str, ...]] = ()
@@ -94,6 +93,11 @@ class TextExporter(pipeline.Exporter):
         }
 
 
+def validation_text(run: pipeline.Run) -> str:
+    """The held-out text the metrics are measured on: its first ``eval_limit`` characters."""
+    return run.test[: run.eval_limit]
+
+
 def vocabulary(run: pipeline.Run) -> CharVocabulary:
     """The run's vocabulary: every character of its training text."""
     return CharVocabulary.of(run.train)
@@ -106,7 +110,7 @@ def tokens_of(text: str, vocab: CharVocabulary) -> torch.Tensor:
 
 def window_starts(tokens: torch.Tensor, context: int) -> torch.Tensor:
     """Starts of the non-overlapping windows of ``context + 1`` tokens, (N,) int64."""
-    return torch.arange(0, len(tokens) - context - 1, context)
+    return torch.arange(0, len(tokens) - context, context)  # s + context + 1 <= len
 
 
 def window_batch(

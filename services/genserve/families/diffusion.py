@@ -15,6 +15,7 @@ seeded by (seed, sample index), so its result never depends on the batch.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -180,12 +181,12 @@ class DiffusionModel(ServedModel):
         total = len(rows[0].timesteps)
         for row in rows:
             row.preview_every = preview_every_steps
-        async for shown in sampling.progress(
-            self._sampler, rows, [total] * len(rows), params.deadline
-        ):
-            yield StreamEvent(progress=(shown, total))
-            if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
-                yield StreamEvent(preview=_images([r.previews.pop(shown) for r in rows]))
+        shown_steps = sampling.progress(self._sampler, rows, [total] * len(rows), params.deadline)
+        async with contextlib.aclosing(shown_steps):  # a caller that leaves frees the slots now
+            async for shown in shown_steps:
+                yield StreamEvent(progress=(shown, total))
+                if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
+                    yield StreamEvent(preview=_images([r.previews.pop(shown) for r in rows]))
         yield StreamEvent(result=Output(images=_images(rows)))
 
 

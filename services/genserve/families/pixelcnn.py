@@ -22,6 +22,7 @@ depends on the batch it ran in.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -107,13 +108,15 @@ class PixelCnnModel(ServedModel):
         total = blank[0, 0].size
         for canvas in canvases:
             canvas.preview_every = preview_every_steps
-        async for shown in sampling.progress(
+        shown_steps = sampling.progress(
             self._worker, canvases, [total] * len(canvases), params.deadline
-        ):
-            yield StreamEvent(progress=(shown, total))
-            if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
-                previews = [c.previews.pop(shown) for c in canvases]
-                yield StreamEvent(preview=self._intensities(np.stack(previews)))
+        )
+        async with contextlib.aclosing(shown_steps):  # a caller that leaves frees the slots now
+            async for shown in shown_steps:
+                yield StreamEvent(progress=(shown, total))
+                if preview_every_steps and shown % preview_every_steps == 0 and shown < total:
+                    previews = [c.previews.pop(shown) for c in canvases]
+                    yield StreamEvent(preview=self._intensities(np.stack(previews)))
         yield StreamEvent(result=Output(images=self._result(canvases, blank, blank)))
 
     async def complete(

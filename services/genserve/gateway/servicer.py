@@ -256,15 +256,17 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
         while True:
             backend, timeout_s = tries.pick()
             sent = 0
+            call = backend.stub.GenerateStream(
+                request, timeout=timeout_s, metadata=_metadata(context)
+            )
             try:
-                call = backend.stub.GenerateStream(
-                    request, timeout=timeout_s, metadata=_metadata(context)
-                )
                 async for event in call:
                     sent += 1
-                    yield event
+                    await context.write(event)
             except grpc.aio.AioRpcError as exc:
                 await tries.failed(backend, exc, may_retry=sent == 0)
             else:
                 tries.succeeded(backend)
                 return
+            finally:  # a caller that left (cancelled here) ends the backend's stream at once
+                call.cancel()

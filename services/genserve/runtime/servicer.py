@@ -7,6 +7,7 @@ error interceptor maps them to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -25,6 +26,7 @@ from genserve.runtime.model import (
     GENERATE_STREAM,
     RECONSTRUCT,
     ServedModel,
+    StreamEvent,
     deadline_from,
 )
 from genserve.runtime.registry import ModelRegistry
@@ -101,14 +103,25 @@ def _holding(call: str | None):
 
 
 def _holding_stream(call: str):
-    """`_holding` for a server-streaming method: the model is held until the stream ends."""
+    """`_holding` for a server-streaming method: the model is held until the stream ends.
+
+    The stream is written with ``context.write`` from a coroutine, not yielded
+    from an async generator: when the caller cancels, the cancellation lands
+    in this frame, so the method's generator (and the samplers under it) are
+    closed at once. gRPC does not close a generator handler that it stops
+    while sending; one left to the garbage collector keeps its samples
+    running to the end and its model version held.
+    """
 
     def wrap(method):
         @functools.wraps(method)
-        async def stream(self, request, context):
-            async with self._registry.use(request.request.model_name, call) as model:
-                async for event in method(self, model, request, context):
-                    yield event
+        async def stream(self, request, context) -> None:
+            async with (
+                self._registry.use(request.request.model_name, call) as model,
+                contextlib.aclosing(method(self, model, request, context)) as events,
+            ):
+                async for event in events:
+                    await context.write(event)
 
         return stream
 
@@ -161,25 +174,26 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
                 "preview_every_steps", f"must be >= 0, got {request.preview_every_steps}"
             )
         params = convert.generate_params(inner, model, _deadline(context))
-        async for event in model.generate_stream(params, request.preview_every_steps):
-            if event.result is not None:
-                yield pb.GenerateStreamResponse(
-                    result=await self._generate_response(
-                        model, params.seed, event.result, inner.output_format
-                    )
-                )
-            elif event.progress is not None:
-                step, total = event.progress
-                yield pb.GenerateStreamResponse(
-                    progress=pb.StepProgress(step=step, total_steps=total)
-                )
-            elif event.token is not None:
-                index, text = event.token
-                yield pb.GenerateStreamResponse(token=pb.TokenDelta(sample_index=index, text=text))
-            elif event.preview is not None:
-                yield pb.GenerateStreamResponse(
-                    preview=await convert.images_out(event.preview, inner.output_format)
-                )
+        events = model.generate_stream(params, request.preview_every_steps)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield await self._stream_response(model, params.seed, inner, event)
+
+    async def _stream_response(
+        self, model, seed: int, inner: pb.GenerateRequest, event: StreamEvent
+    ) -> pb.GenerateStreamResponse:
+        """The message of one stream event."""
+        if event.result is not None:
+            result = await self._generate_response(model, seed, event.result, inner.output_format)
+            return pb.GenerateStreamResponse(result=result)
+        if event.progress is not None:
+            step, total = event.progress
+            return pb.GenerateStreamResponse(progress=pb.StepProgress(step=step, total_steps=total))
+        if event.token is not None:
+            index, text = event.token
+            return pb.GenerateStreamResponse(token=pb.TokenDelta(sample_index=index, text=text))
+        preview = await convert.images_out(event.preview, inner.output_format)
+        return pb.GenerateStreamResponse(preview=preview)
 
     async def _generate_response(self, model, seed, output, output_format) -> pb.GenerateResponse:
         response = pb.GenerateResponse(
