@@ -82,20 +82,28 @@ def draw(
 class StopText:
     """One sample's generated text, watched for stop sequences.
 
+    Each token costs the same however long the text is: a stop sequence is
+    looked for only in the last few characters, and only the text not yet
+    streamed is kept apart from the rest.
+
     Args:
         stop_sequences: non-empty strings; the text ends at the first that it ends with.
     """
 
     def __init__(self, stop_sequences: tuple[str, ...] = ()) -> None:
         self._stops = tuple(s for s in stop_sequences if s)
-        self._text: list[str] = []
-        self._sent = 0
+        self._keep = max((len(s) for s in self._stops), default=1) - 1
+        self._pieces: list[str] = []
+        self._tail = ""
+        """The last ``_keep`` characters: where a stop sequence may have begun."""
+        self._pending = ""
+        """The text not yet streamed."""
         self.stopped = False
 
     @property
     def text(self) -> str:
         """The text so far, without the stop sequence it ended with."""
-        return "".join(self._text)
+        return "".join(self._pieces)
 
     def push(self, piece: str) -> bool:
         """Add newly generated text; True once the text ends with a stop sequence.
@@ -104,14 +112,19 @@ class StopText:
         """
         if self.stopped:
             return True
-        self._text.append(piece)
-        text = self.text
-        for stop in self._stops:
-            end = text.find(stop, max(0, len(text) - len(piece) - len(stop) + 1))
-            if end >= 0:  # cut the stop sequence and anything after it
-                self._text = [text[:end]]
-                self.stopped = True
-                return True
+        window = self._tail + piece
+        found = [i for i in (window.find(stop) for stop in self._stops) if i >= 0]
+        if found:  # cut the stop sequence and anything after it
+            cut = len(window) - min(found)  # characters to drop from the end
+            text = (self.text + piece)[:-cut]
+            self._pieces = [text]
+            self._pending = self._pending + piece
+            self._pending = self._pending[: max(len(self._pending) - cut, 0)]
+            self.stopped = True
+            return True
+        self._pieces.append(piece)
+        self._tail = window[-self._keep :] if self._keep else ""
+        self._pending += piece
         return False
 
     def unsent(self, final: bool = False) -> str:
@@ -120,10 +133,11 @@ class StopText:
         Args:
             final: the text is complete: hold nothing back.
         """
-        text = self.text
-        end = len(text) if final or self.stopped else len(text) - self._held_back(text)
-        piece = text[self._sent : max(end, self._sent)]
-        self._sent += len(piece)
+        held = 0 if final or self.stopped else self._held_back(self._pending)
+        piece, self._pending = (
+            self._pending[: len(self._pending) - held],
+            self._pending[len(self._pending) - held :],
+        )
         return piece
 
     def _held_back(self, text: str) -> int:
