@@ -45,7 +45,10 @@ class FakeStub:
         self._try(timeout)
         return pb.GenerateResponse()
 
-    async def GenerateStream(self, request, timeout: float, metadata):
+    def GenerateStream(self, request, timeout: float, metadata) -> FakeStreamCall:
+        return FakeStreamCall(self._stream(timeout))
+
+    async def _stream(self, timeout: float):
         self._try(timeout)
         yield pb.GenerateStreamResponse()
         if self.breaks:
@@ -58,10 +61,32 @@ class FakeStub:
 
 
 @dataclass
+class FakeStreamCall:
+    """A backend's server-streaming call: its events, and whether it was cancelled."""
+
+    events: AsyncIterator[pb.GenerateStreamResponse]
+    cancelled: bool = False
+
+    def __aiter__(self):
+        return self.events.__aiter__()
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+@dataclass
 class FakeContext:
-    """An incoming call with `remaining_s` of its deadline left (None: no deadline)."""
+    """An incoming call with `remaining_s` of its deadline left (None: no deadline).
+
+    A stream's events are what the servicer writes to it.
+    """
 
     remaining_s: float | None = None
+    written: list = field(default_factory=list)
+
+    async def write(self, message) -> None:
+        self.written.append(message)
 
     def time_remaining(self) -> float | None:
         return self.remaining_s
@@ -168,7 +193,7 @@ async def test_timeouts_in_a_row_eject_a_backend(pool) -> None:
 async def test_a_stream_is_not_cut_by_the_per_try_time(pool, remaining_s) -> None:
     request = pb.GenerateStreamRequest(request=generate(seed=1))
     gateway = servicer(pool, attempt_timeout_s=2.0)
-    _ = [e async for e in gateway.GenerateStream(request, FakeContext(remaining_s))]
+    await gateway.GenerateStream(request, FakeContext(remaining_s))
     assert [timeout for _, timeout in seen(pool)] == [remaining_s]
 
 
@@ -176,12 +201,12 @@ async def test_a_stream_is_retried_only_before_its_first_event(pool) -> None:
     request = pb.GenerateStreamRequest(request=generate(seed=1))
     for backend in pool.backends:
         backend.stub.fails = [UNAVAILABLE]
-    events = [e async for e in servicer(pool).GenerateStream(request, FakeContext(None))]
-    assert len(events) == 1 and len(seen(pool)) == 3
+    context = FakeContext(None)
+    await servicer(pool).GenerateStream(request, context)
+    assert len(context.written) == 1 and len(seen(pool)) == 3
     for backend in pool.backends:
         backend.stub.breaks = [UNAVAILABLE]
-    events = []
+    context = FakeContext(None)
     with pytest.raises(Forwarded):
-        async for event in servicer(pool).GenerateStream(request, FakeContext(None)):
-            events.append(event)
-    assert len(events) == 1 and len(seen(pool)) == 4
+        await servicer(pool).GenerateStream(request, context)
+    assert len(context.written) == 1 and len(seen(pool)) == 4
