@@ -46,21 +46,6 @@ PEAK_WINDOWS = 8
 """Validation windows the activation peaks are measured on."""
 
 
-def train_gpt(
-    model: Gpt, tokens: torch.Tensor, config: training.TrainConfig, seed: int
-) -> training.TrainResult:
-    """Next-character cross-entropy on shuffled windows of ``context`` characters."""
-    context = model.config.context
-
-    def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss = next_token_loss(model, *text_training.window_batch(tokens, starts, context))
-        return loss, {"nats/char": loss.item()}
-
-    order = torch.Generator().manual_seed(seed)
-    starts = text_training.window_starts(tokens, context)
-    return training.train(model, loss_fn, starts, config, generator=order)
-
-
 @torch.no_grad()
 def validation_nats(model: Gpt, tokens: torch.Tensor) -> float:
     """Mean next-character loss over every window of the validation text."""
@@ -160,7 +145,7 @@ class GptExporter(text_training.TextExporter):
     def fit(self, model: Gpt, run: pipeline.Run) -> pipeline.Trained:
         vocab = model.vocabulary
         train = text_training.tokens_of(run.train, vocab)
-        result = train_gpt(model, train, run.train_config, run.seed)
+        result = text_training.train_next_char(model, train, run.train_config, run.seed)
         validation = text_training.tokens_of(text_training.validation_text(run), vocab)
         nats = validation_nats(model, validation)
         window = min(model.config.context, len(validation) - 1)

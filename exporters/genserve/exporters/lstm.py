@@ -37,23 +37,6 @@ GREEDY_TOKENS = 64
 """Tokens the export check decodes greedily through ONNX Runtime and PyTorch."""
 
 
-def train_lstm(
-    model: CharLstm, tokens: torch.Tensor, config: training.TrainConfig, seed: int
-) -> training.TrainResult:
-    """Next-character cross-entropy on shuffled windows, each from a zero state."""
-    context = model.config.context
-
-    def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        x, y = text_training.window_batch(tokens, starts, context)
-        logits, _ = model(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        return loss, {"nats/char": loss.item()}
-
-    order = torch.Generator().manual_seed(seed)
-    starts = text_training.window_starts(tokens, context)
-    return training.train(model, loss_fn, starts, config, generator=order)
-
-
 @torch.no_grad()
 def validation_nats(model: CharLstm, tokens: torch.Tensor) -> float:
     """Mean next-character loss over the validation text, state carried throughout."""
@@ -142,7 +125,7 @@ class LstmExporter(text_training.TextExporter):
     def fit(self, model: CharLstm, run: pipeline.Run) -> pipeline.Trained:
         vocab = model.vocabulary
         train = text_training.tokens_of(run.train, vocab)
-        result = train_lstm(model, train, run.train_config, run.seed)
+        result = text_training.train_next_char(model, train, run.train_config, run.seed)
         nats = validation_nats(
             model, text_training.tokens_of(text_training.validation_text(run), vocab)
         )

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from genserve.exporters import cli, pipeline, training
@@ -120,6 +121,23 @@ def window_batch(
     offsets = starts[:, None] + torch.arange(context + 1)[None]  # (B, T + 1)
     windows = tokens[offsets]
     return windows[:, :-1], windows[:, 1:]
+
+
+def train_next_char(
+    model: nn.Module, tokens: torch.Tensor, config: training.TrainConfig, seed: int
+) -> training.TrainResult:
+    """Next-character cross-entropy on shuffled windows of ``model.config.context``
+    characters, with the shared loop; ``model(x)`` returns the logits (B, T, V) first."""
+    context = model.config.context
+
+    def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = window_batch(tokens, starts, context)
+        logits = model(x)[0]  # (B, T, V)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return loss, {"nats/char": loss.item()}
+
+    order = torch.Generator().manual_seed(seed)
+    return training.train(model, loss_fn, window_starts(tokens, context), config, generator=order)
 
 
 def sample_text(
