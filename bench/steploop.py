@@ -117,12 +117,14 @@ def measure_rounds(
     args: argparse.Namespace,
     run_cell: Callable[[str, int], dict[str, Any]],
     after_round: Callable[[int], None] | None = None,
+    key: str = "images_per_s",
 ) -> list[dict[str, Any]]:
     """Every cell (concurrency x variant) `args.rounds` times; the median round of each.
 
     The variants take turns cell by cell and each round rotates who goes first.
     `run_cell(variant, concurrency)` measures one cell; `after_round(round)`, when
-    given, runs at the end of every round. Stops with BenchError once a service exits.
+    given, runs at the end of every round. A cell's rate `key` (``<unit>s_per_s``)
+    picks its median round. Stops with BenchError once a service exits.
     """
     cells: dict[tuple[int, str], list[dict[str, Any]]] = {}
     width = max(map(len, variants))
@@ -136,11 +138,12 @@ def measure_rounds(
                 cell = run_cell(variant, concurrency)
                 if sup.exited():
                     raise BenchError(f"a service exited: {sup.exited()}")
-                print(f" {cell['images_per_s']:7.3f} images/s ({cell['images']})", flush=True)
+                unit = key.removesuffix("_per_s")
+                print(f" {cell[key]:9.3f} {unit}/s ({cell[unit]})", flush=True)
                 cells.setdefault((concurrency, variant), []).append(cell)
         if after_round is not None:
             after_round(round_)
-    return [median_round(runs) for runs in cells.values()]
+    return [median_round(runs, key) for runs in cells.values()]
 
 
 def collect_results(

@@ -47,6 +47,7 @@ from genserve.exporters.quality_report import (
     update_card,
 )
 from genserve.exporters.served import ServedRunner
+from genserve.exporters.text_quality import is_text_model, kept_section
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.schema import ModelConfigError
 
@@ -199,6 +200,11 @@ def find_models(root: Path) -> list[Model]:
     return found
 
 
+def image_models(models: list[Model]) -> list[Model]:
+    """The models this evaluation scores: all but the text models (see text_quality)."""
+    return [m for m in models if not is_text_model(m.config)]
+
+
 def in_turn(count: int, num_classes: int) -> np.ndarray | None:
     """Labels 0..K-1 in turn (None for a model that takes no label)."""
     return np.arange(count, dtype=np.int64) % num_classes if num_classes else None
@@ -328,7 +334,7 @@ def evaluate_floor(
     return frechet_distance(Gaussian.fit(features), test)
 
 
-def _display(path: Path) -> str:
+def display_path(path: Path) -> str:
     """``path`` relative to the working folder, or only its name when it lies outside."""
     try:
         return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
@@ -338,13 +344,13 @@ def _display(path: Path) -> str:
 
 def _command(args: argparse.Namespace) -> str:
     """The command line that reproduces this run, without paths from outside the repository."""
-    parts = ["--models", _display(args.models), "--out", _display(args.out)]
+    parts = ["--models", display_path(args.models), "--out", display_path(args.out)]
     if args.samples != DEFAULT_SAMPLES:
         parts += ["--samples", str(args.samples)]
     if args.seed != 0:
         parts += ["--seed", str(args.seed)]
     if args.classifier.resolve() != DEFAULT_CLASSIFIER.resolve():
-        parts += ["--classifier", _display(args.classifier)]
+        parts += ["--classifier", display_path(args.classifier)]
     if args.update_cards:
         parts.append("--update-cards")
     return f"{PROG} {shlex.join(parts)}"
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         classifier = EvalClassifier.load(args.classifier)
         test, train = load_fashion_mnist("test"), load_fashion_mnist("train")
-        models = find_models(args.models)
+        models = image_models(find_models(args.models))
     except (DatasetMissing, OSError, ValueError, KeyError) as e:
         sys.exit(f"{PROG}: error: {e}")
     _, test_features = classifier.run(test.images, "test images")
@@ -405,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         "samples": args.samples,
         "seed": args.seed,
         "test_images": len(test),
-        "classifier": _display(args.classifier / CLASSIFIER_ONNX),
+        "classifier": display_path(args.classifier / CLASSIFIER_ONNX),
         "classifier_sha256": classifier.card["files"][CLASSIFIER_ONNX]["sha256"],
         "classifier_test_accuracy": classifier.card["test_accuracy"],
         "command": _command(args),
@@ -413,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     from genserve.exporters import pipeline  # imports every exporter, and so torch
 
     evaluations = {family: e.evaluation for family, e in pipeline.exporters().items()}
-    args.out.write_text(render_report(rows, floor, classifier.card, run, evaluations))
+    report = render_report(rows, floor, classifier.card, run, evaluations)
+    text = kept_section(args.out.read_text()) if args.out.exists() else ""
+    args.out.write_text(report + ("\n\n" + text + "\n" if text else ""))
     if args.update_cards:
         baseline = next((q.fd for q in rows if q.name == BASELINE_MODEL), None)
         for model, q in zip(models, rows, strict=True):

@@ -133,7 +133,9 @@ class GptExporter(text_training.TextExporter):
     family = "gpt"
     prog = PROG
     default_name = "gpt-shakespeare"
-    evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
+    evaluation = Evaluation(
+        sampling="the card's sample: temperature 0.8, seed 0", max_validation_nats=1.55
+    )
     parser_options = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}
     model_class = Gpt
     config_flags = ("context", "layers", "heads", "width", "softmax_one")

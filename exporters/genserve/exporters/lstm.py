@@ -114,7 +114,9 @@ class LstmExporter(text_training.TextExporter):
     family = "lstm"
     prog = PROG
     default_name = "lstm-shakespeare"
-    evaluation = Evaluation(sampling="the card's sample: temperature 0.8, seed 0")
+    evaluation = Evaluation(
+        sampling="the card's sample: temperature 0.8, seed 0", max_validation_nats=1.70
+    )
     parser_options = {"epochs": 1, "batch_size": 64, "learning_rate": 2e-3}
     model_class = CharLstm
     config_flags = ("hidden", "layers", "context")

@@ -49,6 +49,8 @@ class Evaluation:
     """How Generate draws its samples, for the report's method (empty: it cannot sample)."""
     goals: tuple[Goal, ...] = ()
     """Goals of this family beside those every model has."""
+    max_validation_nats: float | None = None
+    """Text families: the validation loss their models should reach, nats per character."""
 
 
 def _sampled(rows: list[Quality]) -> list[Quality]:

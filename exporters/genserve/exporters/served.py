@@ -100,6 +100,11 @@ class ServedRunner:
 
         return np.concatenate(self._loop.run_until_complete(run()))
 
+    def generate_text(self, prompt: str, seed: int, sampler: SamplerParams) -> str:
+        """One text from Generate: the prompt's continuation (without the prompt)."""
+        params = GenerateParams(1, seed, prompt=prompt, sampler=sampler)
+        return self._loop.run_until_complete(self.model.generate(params)).texts[0]
+
     @property
     def can_complete(self) -> bool:
         """Whether the family offers Complete (fills in the unknown pixels of images)."""
