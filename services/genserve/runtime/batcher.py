@@ -12,6 +12,10 @@ many rows, so no session run ever exceeds the cap.
 A full queue refuses at once (ResourceExhausted); a request whose deadline has
 passed while it waited is dropped, not computed (DeadlineExceeded); a caller
 that is cancelled is taken out of the queue.
+
+`BatcherBase` is what this row batcher and the token-budget batcher of text
+graphs (:mod:`genserve.runtime.token_batcher`) share: the task, closing, the
+queue bound, the drop rules and one run.
 """
 
 from __future__ import annotations
@@ -49,12 +53,17 @@ class _Item:
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
-class RequestBatcher:
-    """Merges concurrent requests for one graph into batched runs.
+class BatcherBase:
+    """What every request batcher shares: its task, closing, the queue bound, a run.
+
+    A subclass keeps its own queue and says how a batch is taken from it
+    (`_next_batch`), how many items wait (`queue_depth`), what the graph is
+    fed (`_feeds`), how its outputs split into each item's result (`_split`),
+    and what it records of a batch (`_observe`). Items carry a `future`, a
+    `deadline` and `enqueued_at`.
 
     Args:
-        run_batch: runs the graph on merged inputs; called in `executor`, so it
-            may block. Every output must have as many rows as the inputs.
+        run_batch: runs the graph on a batch's feeds; called in `executor`, so it may block.
         policy: batch size, delay and queue bound.
         model: the model's name, for metrics and logs.
         graph: the graph's name, for metrics and logs.
@@ -74,17 +83,16 @@ class RequestBatcher:
         self.policy = policy
         self._labels = {"model": model, "graph": graph}
         self._executor = executor
-        self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self._closed = False
         self._depth = metrics.QUEUE_DEPTH.labels(**self._labels)
-        self._requests_per_batch = 1.0  # moving average, for the adaptive delay
+        self._per_batch = 1.0  # moving average of items per batch, for the adaptive delay
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting now (not counting the batch being run)."""
-        return len(self._queue)
+        """Items waiting now (not counting the batch being run)."""
+        raise NotImplementedError
 
     def start(self) -> None:
         """Start the background task; call from a running event loop."""
@@ -100,9 +108,105 @@ class RequestBatcher:
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        for item in self._queue:
-            _fail(item, Unavailable("the server is shutting down"))
+        for item in self._drain():
+            fail(item, Unavailable("the server is shutting down"))
+
+    def _check_open_and_room(self, adding: int, unit: str) -> None:
+        """Refuse at once when closed, or when `adding` more items would overfill the queue."""
+        if self._closed:
+            raise Unavailable("the server is shutting down")
+        if self.queue_depth + adding > self.policy.max_queue_size:
+            metrics.QUEUE_DROPPED.labels(**self._labels, reason="full").inc()
+            raise ResourceExhausted(
+                f"{self._labels['model']}/{self._labels['graph']} queue is full "
+                f"({self.policy.max_queue_size} {unit} waiting); retry later"
+            )
+
+    async def _work(self) -> None:
+        """Take batches and run them until closed and drained."""
+        while not (self._closed and not self.queue_depth):
+            batch = await self._next_batch()
+            if batch:
+                await self._run(batch)
+
+    def _expected(self) -> int:
+        """How many items recent batches held: the adaptive delay waits for as many."""
+        return max(1, round(self._per_batch))
+
+    def _taken(self, batch: list) -> list:
+        """Count a filled batch in the average; keep the items still wanted."""
+        self._per_batch += _EWMA_WEIGHT * (len(batch) - self._per_batch)
+        # Callers may have left, or run out of time, while the batch filled.
+        return [item for item in batch if self._still_wanted(item)]
+
+    def _still_wanted(self, item) -> bool:
+        return still_wanted(item, self._labels)
+
+    async def _run(self, batch: list) -> None:
+        """Run one batch and resolve or fail every future in it."""
+        started = time.monotonic()
+        for item in batch:
+            metrics.QUEUE_DURATION.labels(**self._labels).observe(started - item.enqueued_at)
+        self._observe(batch)
+        try:
+            feeds = self._feeds(batch)
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, feeds)
+            results = self._split(outputs, batch)
+        except Exception as exc:  # one failure fails every caller of this batch
+            if not isinstance(exc, GenserveError):
+                logger.exception("batch of %d items failed on %s", len(batch), self._labels)
+            for item in batch:
+                fail(item, exc)
+            return
+        finally:
+            metrics.SESSION_RUN_DURATION.labels(**self._labels).observe(time.monotonic() - started)
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    # -- what a subclass says ------------------------------------------------------------------
+
+    def _drain(self) -> list:
+        """Take every waiting item out of the queue (on close)."""
+        raise NotImplementedError
+
+    async def _next_batch(self) -> list:
+        """Wait for the next batch; an empty one when closed and drained."""
+        raise NotImplementedError
+
+    def _observe(self, batch: list) -> None:
+        """Record what the batch holds (metrics)."""
+
+    def _feeds(self, batch: list) -> Arrays:
+        """The graph's inputs for the batch."""
+        raise NotImplementedError
+
+    def _split(self, outputs: Arrays, batch: list) -> list:
+        """Each item's result, in order; raise when the outputs do not fit the batch."""
+        raise NotImplementedError
+
+
+class RequestBatcher(BatcherBase):
+    """Merges concurrent requests for one graph into batched runs (by rows).
+
+    Takes BatcherBase's arguments; every output of `run_batch` must have as
+    many rows as its inputs.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._queue: collections.deque[_Item] = collections.deque()
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting now (not counting the batch being run)."""
+        return len(self._queue)
+
+    def _drain(self) -> list[_Item]:
+        items = list(self._queue)
         self._queue.clear()
+        return items
 
     async def submit(self, inputs: Arrays, *, deadline: float | None = None) -> Arrays:
         """Queue one request and wait for its own rows of the outputs.
@@ -124,15 +228,8 @@ class RequestBatcher:
             DeadlineExceeded: the deadline passed before the request ran.
             Unavailable: the batcher is closed.
         """
-        if self._closed:
-            raise Unavailable("the server is shutting down")
         parts = _split(inputs, self.policy.max_batch_size)
-        if len(self._queue) + len(parts) > self.policy.max_queue_size:
-            metrics.QUEUE_DROPPED.labels(**self._labels, reason="full").inc()
-            raise ResourceExhausted(
-                f"{self._labels['model']}/{self._labels['graph']} queue is full "
-                f"({self.policy.max_queue_size} requests waiting); retry later"
-            )
+        self._check_open_and_room(len(parts), "requests")
         if len(parts) == 1:
             return await self._enqueue(inputs, deadline)
         runs = [asyncio.ensure_future(self._enqueue(part, deadline)) for part in parts]
@@ -164,13 +261,6 @@ class RequestBatcher:
         metrics.QUEUE_DROPPED.labels(**self._labels, reason="cancelled").inc()
         self._depth.set(len(self._queue))
 
-    async def _work(self) -> None:
-        """Take batches and run them until closed and drained."""
-        while not (self._closed and not self._queue):
-            batch = await self._next_batch()
-            if batch:
-                await self._run(batch)
-
     async def _next_batch(self) -> list[_Item]:
         """Wait for a first live request, then fill up to size or delay.
 
@@ -184,7 +274,7 @@ class RequestBatcher:
             return []
         batch, rows = [first], first.rows
         flush_at = first.enqueued_at + self.policy.max_queue_delay_ms / 1000.0
-        expected = max(1, round(self._requests_per_batch))
+        expected = self._expected()
         while rows < self.policy.max_batch_size:
             if self._queue and rows + self._queue[0].rows > self.policy.max_batch_size:
                 break  # the next request would overflow: it leads the next batch
@@ -195,9 +285,7 @@ class RequestBatcher:
                 break
             batch.append(item)
             rows += item.rows
-        self._requests_per_batch += _EWMA_WEIGHT * (len(batch) - self._requests_per_batch)
-        # Callers may have left, or run out of time, while the batch filled.
-        return [item for item in batch if self._still_wanted(item)]
+        return self._taken(batch)
 
     async def _take_live(self, wait_until: float | None) -> _Item | None:
         """Pop the next request still worth running, waiting until wait_until.
@@ -209,60 +297,58 @@ class RequestBatcher:
                 if self._closed:
                     return None
                 self._arrived.clear()
-                if wait_until is None:
-                    await self._arrived.wait()
-                    continue
-                timeout = wait_until - time.monotonic()
-                if timeout <= 0:
-                    return None
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), timeout)
-                except TimeoutError:
+                if not await arrival(self._arrived, wait_until):
                     return None
             item = self._queue.popleft()
             self._depth.set(len(self._queue))
             if self._still_wanted(item):
                 return item
 
-    def _still_wanted(self, item: _Item) -> bool:
-        """False, after failing it, for a request whose caller left or deadline passed."""
-        if item.future.done():
-            metrics.QUEUE_DROPPED.labels(**self._labels, reason="cancelled").inc()
-            return False
-        if item.deadline is not None and time.monotonic() >= item.deadline:
-            metrics.QUEUE_DROPPED.labels(**self._labels, reason="deadline").inc()
-            _fail(item, DeadlineExceeded("the deadline passed while the request was queued"))
-            return False
-        return True
-
-    async def _run(self, batch: list[_Item]) -> None:
-        """Run one merged batch and resolve or fail every future in it."""
-        started = time.monotonic()
-        for item in batch:
-            metrics.QUEUE_DURATION.labels(**self._labels).observe(started - item.enqueued_at)
-        rows = sum(item.rows for item in batch)
-        metrics.BATCH_SIZE.labels(**self._labels).observe(rows)
+    def _observe(self, batch: list[_Item]) -> None:
+        metrics.BATCH_SIZE.labels(**self._labels).observe(sum(item.rows for item in batch))
         metrics.BATCH_REQUESTS.labels(**self._labels).observe(len(batch))
-        try:
-            merged = _concat([item.inputs for item in batch])
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, merged)
-            _check_rows(outputs, rows)
-        except Exception as exc:  # one failure fails every caller of this batch
-            if not isinstance(exc, GenserveError):
-                logger.exception("batch of %d rows failed on %s", rows, self._labels)
-            for item in batch:
-                _fail(item, exc)
-            return
-        finally:
-            metrics.SESSION_RUN_DURATION.labels(**self._labels).observe(time.monotonic() - started)
-        offset = 0
+
+    def _feeds(self, batch: list[_Item]) -> Arrays:
+        return _concat([item.inputs for item in batch])
+
+    def _split(self, outputs: Arrays, batch: list[_Item]) -> list[Arrays]:
+        _check_rows(outputs, sum(item.rows for item in batch))
+        results, offset = [], 0
         for item in batch:
-            if not item.future.done():
-                item.future.set_result(
-                    {k: v[offset : offset + item.rows] for k, v in outputs.items()}
-                )
+            results.append({k: v[offset : offset + item.rows] for k, v in outputs.items()})
             offset += item.rows
+        return results
+
+
+async def arrival(arrived: asyncio.Event, wait_until: float | None) -> bool:
+    """Wait for `arrived` until wait_until (None: for ever); False when the time ran out first."""
+    if wait_until is None:
+        await arrived.wait()
+        return True
+    timeout = wait_until - time.monotonic()
+    if timeout <= 0:
+        return False
+    try:
+        await asyncio.wait_for(arrived.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+def still_wanted(item, labels: dict[str, str]) -> bool:
+    """False, after failing it, for a queued item whose caller left or deadline passed.
+
+    `item` has a `future` and a `deadline` (time.monotonic(), or None);
+    `labels` are the batcher's metric labels.
+    """
+    if item.future.done():
+        metrics.QUEUE_DROPPED.labels(**labels, reason="cancelled").inc()
+        return False
+    if item.deadline is not None and time.monotonic() >= item.deadline:
+        metrics.QUEUE_DROPPED.labels(**labels, reason="deadline").inc()
+        fail(item, DeadlineExceeded("the deadline passed while the request was queued"))
+        return False
+    return True
 
 
 def _rows_of(inputs: Arrays) -> int:
@@ -298,6 +384,7 @@ def _check_rows(outputs: Arrays, rows: int) -> None:
         raise RuntimeError(f"graph returned {bad} rows for a batch of {rows}")
 
 
-def _fail(item: _Item, exc: BaseException) -> None:
+def fail(item, exc: BaseException) -> None:
+    """Fail a queued item's future, unless its caller already has a result or left."""
     if not item.future.done():
         item.future.set_exception(exc)

@@ -60,6 +60,12 @@ BATCH_REQUESTS = Histogram(
     ["model", "graph"],
     buckets=_BATCH_BUCKETS,
 )
+BATCH_TOKENS = Histogram(
+    "genserve_batch_tokens",
+    "Tokens in one batched session.run of a text graph: real, or padded (rows x length).",
+    ["model", "graph", "kind"],
+    buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768),
+)
 QUEUE_DEPTH = Gauge(
     "genserve_queue_depth",
     "Requests waiting in a batcher queue.",

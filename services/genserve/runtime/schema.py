@@ -85,6 +85,9 @@ class BatchPolicy:
     """Stop waiting once a batch holds as many requests as recent batches did,
     so a lone caller never pays the queue delay; False always waits the delay
     out (as Triton's dynamic batcher does) unless the batch fills."""
+    max_batch_tokens: int | None = None
+    """Most padded tokens (rows x padded length) in one session run, for text
+    graphs batched by a token budget; None for graphs batched by rows only."""
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -93,6 +96,8 @@ class BatchPolicy:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {self.max_queue_delay_ms}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.max_batch_tokens is not None and self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
 
 
 @dataclass(frozen=True)

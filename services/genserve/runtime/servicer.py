@@ -218,6 +218,8 @@ class FamilyServicer(model_service_pb2_grpc.ModelServiceServicer):
     @_holding(ENCODE)
     async def Encode(self, model, request, context):
         has_images = request.HasField("images")
+        if not has_images and not request.texts and not model.image_shape:
+            raise convert.InvalidArgument("texts", "must hold at least one text")
         if has_images == bool(request.texts):
             raise convert.InvalidArgument("images", "set exactly one of images and texts")
         if model.image_shape and not has_images:
