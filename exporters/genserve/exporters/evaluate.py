@@ -48,6 +48,8 @@ from genserve.exporters.quality_report import (
 )
 from genserve.exporters.served import ServedRunner
 from genserve.exporters.text_quality import is_text_model, kept_section
+from genserve.families import model_class
+from genserve.runtime.model import DECODE, GENERATE
 from genserve.runtime.repository import ModelConfig
 from genserve.runtime.schema import ModelConfigError
 
@@ -201,8 +203,15 @@ def find_models(root: Path) -> list[Model]:
 
 
 def image_models(models: list[Model]) -> list[Model]:
-    """The models this evaluation scores: all but the text models (see text_quality)."""
-    return [m for m in models if not is_text_model(m.config)]
+    """The models this evaluation scores: those whose family generates or decodes images.
+    Text models have a section of their own (:mod:`genserve.exporters.text_quality`);
+    sentence encoders have no quality figure here."""
+    return [
+        m
+        for m in models
+        if not is_text_model(m.config)
+        and {GENERATE, DECODE} & set(model_class(m.config.family).calls)
+    ]
 
 
 def in_turn(count: int, num_classes: int) -> np.ndarray | None:

@@ -8,7 +8,7 @@ single steps and that greedy decoding through it matches PyTorch token for
 token, and writes ``<out>/<name>/<version>/``::
 
     python -m genserve.exporters.lstm --out models --name lstm-shakespeare \\
-        --version 1 --epochs 1 --seed 0 --threads 2
+        --version 1 --epochs 2 --seed 0 --threads 1
 """
 
 from __future__ import annotations
@@ -117,12 +117,12 @@ class LstmExporter(text_training.TextExporter):
     evaluation = Evaluation(
         sampling="the card's sample: temperature 0.8, seed 0", max_validation_nats=1.70
     )
-    parser_options = {"epochs": 1, "batch_size": 64, "learning_rate": 2e-3}
+    parser_options = {"epochs": 2, "batch_size": 64, "learning_rate": 2e-3}
     model_class = CharLstm
     config_flags = ("hidden", "layers", "context")
 
     def default_configs(self) -> tuple[LstmConfig, training.TrainConfig]:
-        return LstmConfig(), training.TrainConfig(epochs=1, batch_size=64, learning_rate=2e-3)
+        return LstmConfig(), training.TrainConfig(epochs=2, batch_size=64, learning_rate=2e-3)
 
     def fit(self, model: CharLstm, run: pipeline.Run) -> pipeline.Trained:
         vocab = model.vocabulary
