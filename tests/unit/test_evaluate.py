@@ -226,3 +226,15 @@ def test_a_run_writes_the_table_the_grids_and_the_cards(tmp_path):
             assert record == {"sha256": hashlib.sha256(body).hexdigest(), "bytes": len(body)}
     cgan_quality = json.loads((cgan / "config.json").read_text())["card"]["metrics"]["quality"]
     assert 0.0 <= cgan_quality["class_accuracy"] <= 1.0
+
+
+def test_only_models_of_images_are_scored():
+    root = Path(__file__).resolve().parents[2] / "models"
+    found = evaluate.find_models(root)
+    scored = {m.name for m in evaluate.image_models(found)}
+    assert "vae-fashion" in scored and "diffusion-fashion" in scored
+    skipped = {m.name for m in found} - scored
+    assert "encoder-minilm" in skipped  # Encode only: no image to score
+    for model in found:
+        if "vocabulary" in model.config.params:  # text models have their own section
+            assert model.name in skipped
