@@ -6,7 +6,7 @@ it the first time) and keeps its "Reading the numbers" part, which people
 write.
 
 The pieces that are not about diffusion (`replace_section`, `markdown_table`,
-`render_goals`, `quick_note`, `render_footer`, `find_cell`, `rounds_text`,
+`render_goals`, `quick_note`, `render_footer`, `find_cell`, `rounds_text`, `ratio`,
 `mark`, `num`, `errors_text`) serve the PixelCNN section too
 (`bench/pixelcnn_report.py`).
 """
@@ -102,9 +102,15 @@ def errors_text(errors: dict[str, int]) -> str:
     return f"{sum(errors.values())} (" + ", ".join(f"{k} {v}" for k, v in errors.items()) + ")"
 
 
-def rounds_text(row: dict[str, Any], spec: str) -> str:
-    """Every round's images/s of a median row, each formatted with `spec`."""
-    return ", ".join(format(r, spec) for r in row.get("rounds_images_per_s", ()))
+def rounds_text(row: dict[str, Any], spec: str, key: str = "images_per_s") -> str:
+    """Every round's `key` of a median row (`steploop.median_round`), each formatted with
+    `spec`."""
+    return ", ".join(format(r, spec) for r in row.get(f"rounds_{key}", ()))
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing (or b is 0)."""
+    return a / b if a is not None and b else None
 
 
 def markdown_table(

@@ -18,6 +18,7 @@ from iterative_report import (
     markdown_table,
     num,
     quick_note,
+    ratio,
     render_footer,
     render_goals,
     replace_section,
@@ -32,10 +33,6 @@ SPEEDUP_GOAL = 5.0
 """The fast sampler's images/s: at least this many times the naive one's."""
 
 
-def _ratio(fast: float | None, naive: float | None) -> float | None:
-    return fast / naive if fast is not None and naive else None
-
-
 def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Fast against naive at every concurrency, and their parity: what was seen, met or not."""
     goals = []
@@ -44,8 +41,8 @@ def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         naive = find_cell(results, "sampler", "naive", concurrency)
         if not (fast and naive):
             continue
-        speedup = _ratio(fast["images_per_s"], naive["images_per_s"])
-        drawn = _ratio(fast["drawn_images_per_s"], naive["drawn_images_per_s"])
+        speedup = ratio(fast["images_per_s"], naive["images_per_s"])
+        drawn = ratio(fast["drawn_images_per_s"], naive["drawn_images_per_s"])
         goals.append({
             "goal": f"concurrency {concurrency}: fast sampler's images/s at least "
             f"{SPEEDUP_GOAL:g}x the naive one's",

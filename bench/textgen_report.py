@@ -17,6 +17,7 @@ from iterative_report import (
     markdown_table,
     num,
     quick_note,
+    ratio,
     render_footer,
     render_goals,
     replace_section,
@@ -35,10 +36,6 @@ FLAT_GOAL = 1.5
 """The step overhead at the largest context: at most this many times the one at the smallest."""
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Continuous against static and one at a time; parity; a flat step overhead."""
     goals = []
@@ -47,14 +44,14 @@ def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
         other = find_cell(results, "mode", rival, GOAL_CONCURRENCY)
         if not (cont and other):
             continue
-        ratio = _ratio(cont["tokens_per_s"], other["tokens_per_s"])
+        times = ratio(cont["tokens_per_s"], other["tokens_per_s"])
         goals.append({
             "goal": f"{GOAL_CONCURRENCY} streams: continuous batching's tokens/s at least "
             f"{target:g}x {rival}'s",
             "seen": f"{cont['tokens_per_s']:.0f} against {other['tokens_per_s']:.0f} tokens/s "
-            f"({num(ratio, 1)}x)",
-            "met": None if ratio is None else ratio >= target,
-            "ratio": None if ratio is None else round(ratio, 2),
+            f"({num(times, 1)}x)",
+            "met": None if times is None else times >= target,
+            "ratio": None if times is None else round(times, 2),
         })  # fmt: skip
     parity = results.get("parity")
     if parity:
@@ -67,13 +64,13 @@ def judge_goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     overhead = results.get("overhead") or []
     if len(overhead) >= 2:
         low, high = overhead[0], overhead[-1]
-        ratio = _ratio(high["overhead_ms"], low["overhead_ms"])
+        times = ratio(high["overhead_ms"], low["overhead_ms"])
         goals.append({
             "goal": f"step overhead outside the session call stays flat: at context "
             f"{high['context']} at most {FLAT_GOAL:g}x that at {low['context']}",
             "seen": f"{high['overhead_ms']:.3f} against {low['overhead_ms']:.3f} ms "
-            f"({num(ratio, 2)}x)",
-            "met": None if ratio is None else ratio <= FLAT_GOAL,
+            f"({num(times, 2)}x)",
+            "met": None if times is None else times <= FLAT_GOAL,
         })  # fmt: skip
     return goals
 
@@ -90,7 +87,7 @@ def render_cells(results: dict[str, Any]) -> str:
             cell["concurrency"],
             cell["mode"],
             f"{cell['tokens_per_s']:.0f}",
-            rounds_text(cell, ".0f"),
+            rounds_text(cell, ".0f", "tokens_per_s"),
             num(cell["ttft_ms"]["p50"], 0),
             num(cell["ttft_ms"]["p95"], 0),
             num(cell["inter_token_ms"]["p50"], 1),

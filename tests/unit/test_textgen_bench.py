@@ -117,7 +117,7 @@ def test_the_section_renders_from_results():
     }
     section = render_section(results, "people wrote this")
     assert (
-        "| 1 | continuous | 500 |" in section
+        "| 1 | continuous | 500 | 500 |" in section  # and the rounds' tokens/s
         and "| 16 | 8 | 1.000 | 0.600 | **0.400** |" in section
     )
     assert "people wrote this" in section
