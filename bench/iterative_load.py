@@ -37,6 +37,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,11 @@ class Caller:
         self._seeds = itertools.count()
         self.done: list[Done] = []
         """Every call that finished, in the order they did."""
+
+    @property
+    def stub(self) -> model_service_pb2_grpc.ModelServiceStub:
+        """The cell's stub, for clients whose calls `generate` does not record (streams)."""
+        return self._stub
 
     def seed(self) -> int | None:
         """The cell's next seed; None once MAX_REQUESTS_PER_CELL were taken."""
@@ -260,7 +266,7 @@ def _request(workload: Workload, seed: int, steps: int) -> pb.GenerateRequest:
 
 
 @dataclass
-class _Answered:
+class Answered:
     """Which clients have had an answer; set once all `clients` have."""
 
     clients: int
@@ -272,12 +278,19 @@ class _Answered:
         if len(self.seen) == self.clients:
             self.all.set()
 
+    async def warmup(self, warmup_s: float) -> None:
+        """`warmup_s`, then until every client has had an answer, at most
+        MAX_WARMUP_FACTOR x `warmup_s` in all."""
+        await asyncio.sleep(warmup_s)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.all.wait(), (MAX_WARMUP_FACTOR - 1) * warmup_s)
+
 
 async def run_cell_async(
     service: Service, workload: Workload, concurrency: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
     """Load `service` for warmup_s + duration_s; returns the window's summary."""
-    answered = _Answered(concurrency)
+    answered = Answered(concurrency)
 
     async def client(caller: Caller, index: int) -> None:
         """Requests one after another, each with steps drawn from the mix (seeded by `index`)."""
@@ -287,12 +300,9 @@ async def run_cell_async(
             await caller.generate(_request(workload, seed, steps), workload.timeout_s)
             answered.add(index)
 
-    async def warmup() -> None:
-        await asyncio.sleep(warmup_s)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(answered.all.wait(), (MAX_WARMUP_FACTOR - 1) * warmup_s)
-
-    window = await run_window(service, concurrency, client, warmup, duration_s)
+    window = await run_window(
+        service, concurrency, client, partial(answered.warmup, warmup_s), duration_s
+    )
     return summarize(window, workload.mix, concurrency)
 
 

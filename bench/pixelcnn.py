@@ -203,8 +203,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser.add_argument("--duration-s", type=float, default=16.0, help="measured window per cell")
     parser.add_argument("--rounds", type=int, default=3, help="times every cell is measured")
     args, defaults = steploop.parse_options(parser, BENCH, argv)
-    if args.rounds < 1 or args.warmup_s < 0 or args.duration_s <= 0 or min(args.concurrency) < 1:
-        parser.error("rounds and concurrency must be >= 1, warmup >= 0 and the window above 0")
+    steploop.check_cells(parser, args)
     return args, defaults
 
 

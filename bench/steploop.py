@@ -239,6 +239,12 @@ def parse_options(
     return args, defaults
 
 
+def check_cells(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2) rounds or concurrency below 1, a negative warmup or an empty window."""
+    if args.rounds < 1 or args.warmup_s < 0 or args.duration_s <= 0 or min(args.concurrency) < 1:
+        parser.error("rounds and concurrency must be >= 1, warmup >= 0 and the window above 0")
+
+
 def main(
     bench: Bench, args: argparse.Namespace, run: Callable[[Path], Results], estimate: str
 ) -> int:

@@ -163,8 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, a
     parser.add_argument("--overhead-batch", type=int, default=8, help="texts per in-process step")
     parser.add_argument("--overhead-steps", type=int, default=200, help="steps per context")
     args, defaults = steploop.parse_options(parser, BENCH, argv)
-    if args.rounds < 1 or args.warmup_s < 0 or args.duration_s <= 0 or min(args.concurrency) < 1:
-        parser.error("rounds and concurrency must be >= 1, warmup >= 0 and the window above 0")
+    steploop.check_cells(parser, args)
     return args, defaults
 
 

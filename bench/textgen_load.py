@@ -23,23 +23,16 @@ At the window's end the clients stop and streams still open are cancelled.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc
-from iterative_load import (
-    CHANNEL_OPTIONS,
-    MAX_REQUESTS_PER_CELL,
-    MAX_WARMUP_FACTOR,
-    Service,
-    Window,
-    read,
-)
+from iterative_load import Answered, Caller, Service, Window, run_window
 from loadgen import percentile
 
 from genserve.v1 import model_service_pb2 as pb
@@ -112,56 +105,29 @@ async def stream_one(
         call.cancel()
 
 
-@dataclass
-class _Answered:
-    """Which clients have had a whole text back; set once all `clients` have."""
-
-    clients: int
-    seen: set[int] = field(default_factory=set)
-    all: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, client: int) -> None:
-        self.seen.add(client)
-        if len(self.seen) == self.clients:
-            self.all.set()
-
-
 async def run_cell_async(
     service: Service, workload: Workload, concurrency: int, warmup_s: float, duration_s: float
 ) -> dict[str, Any]:
     """Load `service` for the warmup and the window; returns the window's summary."""
-    answered = _Answered(concurrency)
+    answered = Answered(concurrency)
     streams: list[Stream] = []
-    seeds = iter(range(MAX_REQUESTS_PER_CELL))
 
-    async with grpc.aio.insecure_channel(service.target, options=CHANNEL_OPTIONS) as channel:
-        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+    async def client(caller: Caller, index: int) -> None:
+        draws = random.Random(index)
+        while (seed := caller.seed()) is not None:
+            req = request(
+                workload, seed, draws.choice(workload.prompt_chars),
+                draws.choice(workload.new_tokens),
+            )  # fmt: skip
+            record = Stream(time.perf_counter())
+            streams.append(record)  # visible while in flight: its tokens count
+            await stream_one(caller.stub, req, workload.timeout_s, record)
+            answered.add(index)
 
-        async def client(index: int) -> None:
-            draws = random.Random(index)
-            for seed in seeds:
-                req = request(
-                    workload, seed, draws.choice(workload.prompt_chars),
-                    draws.choice(workload.new_tokens),
-                )  # fmt: skip
-                record = Stream(time.perf_counter())
-                streams.append(record)  # visible while in flight: its tokens count
-                await stream_one(stub, req, workload.timeout_s, record)
-                answered.add(index)
-
-        clients = [asyncio.create_task(client(k)) for k in range(concurrency)]
-        try:
-            await asyncio.sleep(warmup_s)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(answered.all.wait(), (MAX_WARMUP_FACTOR - 1) * warmup_s)
-            before = await asyncio.to_thread(read, service)
-            await asyncio.sleep(duration_s)
-            after = await asyncio.to_thread(read, service)
-        finally:
-            for task in clients:
-                task.cancel()
-            await asyncio.gather(*clients, return_exceptions=True)
-    return summarize(streams, Window((), before, after), concurrency)
+    window = await run_window(
+        service, concurrency, client, partial(answered.warmup, warmup_s), duration_s
+    )
+    return summarize(streams, window, concurrency)
 
 
 def run_cell(
