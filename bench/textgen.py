@@ -45,7 +45,13 @@ from iterative_load import Service
 from raw_ort import newest_version
 from run_benchmarks import BenchError
 from textgen_load import Workload, request, run_cell
-from textgen_report import judge_goals, print_tables, write_section
+from textgen_report import (
+    CEILING_CONTEXT,
+    GOAL_CONCURRENCY,
+    judge_goals,
+    print_tables,
+    write_section,
+)
 
 from genserve.exporters.served import ServedRunner
 from genserve.runtime.repository import load_config
@@ -90,15 +96,33 @@ def check_parity(services: dict[str, Service], args: argparse.Namespace) -> dict
     }
 
 
-def measure_overhead(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The family's step in process at each context: step, session and overhead ms."""
+def measure_in_process(folder: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The family's step in process, nothing served.
+
+    ``overhead``: step, session and overhead ms at each context. ``ceiling``: the
+    step at context CEILING_CONTEXT with one text and with GOAL_CONCURRENCY texts,
+    so how many times one-at-a-time's tokens/s batching alone can give on this
+    machine, before any serving cost.
+    """
     context = load_config(folder).params["network"]["context"]
-    contexts = sorted({16, 128, context - 2})
-    with ServedRunner(folder, threads=max(args.intra_op_threads, 1)) as runner:
-        return [
+    contexts = sorted({16, CEILING_CONTEXT, context - 2})
+    with ServedRunner(folder, threads=args.intra_op_threads) as runner:  # as the services
+        overhead = [
             text_overhead.measure(runner.model, c, args.overhead_batch, args.overhead_steps)
             for c in contexts
         ]
+        one, full = (
+            text_overhead.measure(runner.model, CEILING_CONTEXT, batch, args.overhead_steps)
+            for batch in (1, GOAL_CONCURRENCY)
+        )
+    ceiling = {
+        "context": CEILING_CONTEXT,
+        "batch": GOAL_CONCURRENCY,
+        "one_step_ms": one["step_ms"],
+        "batch_step_ms": full["step_ms"],
+        "ratio": round(GOAL_CONCURRENCY * one["step_ms"] / full["step_ms"], 2),
+    }
+    return {"overhead": overhead, "ceiling": ceiling}
 
 
 def run(args: argparse.Namespace, defaults: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -120,8 +144,8 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, tmp: Path) -> di
 
         cells = steploop.measure_rounds(sup, list(MODES), args, cell, key="tokens_per_s")
         log = sup.children[0].log_path
-    print("  step overhead in process ...", flush=True)
-    overhead = measure_overhead(folder, args)
+    print("  step overhead and batching ceiling in process ...", flush=True)
+    in_process = measure_in_process(folder, args)
     config = load_config(folder)
     settings = {
         "network": config.params.get("network"),
@@ -139,7 +163,7 @@ def run(args: argparse.Namespace, defaults: argparse.Namespace, tmp: Path) -> di
     measured = {
         "parity": parity,
         "cells": sorted(cells, key=lambda c: (c["concurrency"], order.index(c["mode"]))),
-        "overhead": overhead,
+        **in_process,
     }
     return steploop.collect_results(BENCH, args, defaults, folder, log, settings, measured)
 

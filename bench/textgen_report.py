@@ -33,6 +33,8 @@ OVER_ONE_GOAL, OVER_STATIC_GOAL = 6.0, 1.5
 """Continuous batching's tokens/s at GOAL_CONCURRENCY streams: at least these many times
 one-at-a-time's and static batching's."""
 FLAT_GOAL = 1.5
+CEILING_CONTEXT = 128
+"""The context the batching ceiling is measured at (see :func:`render_ceiling`)."""
 """The step overhead at the largest context: at most this many times the one at the smallest."""
 
 
@@ -119,9 +121,26 @@ def render_overhead(results: dict[str, Any]) -> str:
     return markdown_table(columns, rows)
 
 
+def render_ceiling(results: dict[str, Any]) -> str:
+    """How far batching alone can raise tokens/s on this machine: the graph's own scaling."""
+    c = results.get("ceiling")
+    if not c:
+        return ""
+    return (
+        f"**Batching ceiling on this machine.** The same step in process at context "
+        f"{c['context']}: {c['one_step_ms']:.3f} ms for one text, {c['batch_step_ms']:.3f} ms "
+        f"for {c['batch']}. So batching {c['batch']} texts gives at most **{c['ratio']:.1f}x** "
+        f"one text's tokens/s here, before any serving cost: the upper bound of continuous "
+        f"batching's ratio over one at a time on this hardware."
+    )
+
+
 def print_tables(results: dict[str, Any]) -> None:
     """The goals and the tables, for the terminal."""
-    print(render_goals(results), render_cells(results), render_overhead(results), sep="\n\n")
+    print(
+        render_goals(results), render_cells(results), render_overhead(results),
+        render_ceiling(results), sep="\n\n",
+    )  # fmt: skip
 
 
 def render_section(results: dict[str, Any], reading: str) -> str:
@@ -170,6 +189,8 @@ cache rows handed to the graph as a view, the new keys and values written in pla
 the draw, stop sequences and bookkeeping.
 
 {render_overhead(results)}
+
+{render_ceiling(results)}
 
 {render_footer(results, MARKERS, reading)}"""
 

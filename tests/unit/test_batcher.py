@@ -8,6 +8,7 @@ with a gate, never for "long enough".
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -275,6 +276,39 @@ async def test_close_finishes_queued_work_then_refuses():
 def test_policy_rejects_bad_values_quoting_them():
     with pytest.raises(ValueError, match="max_batch_size must be >= 1, got 0"):
         BatchPolicy(max_batch_size=0)
+    with pytest.raises(ValueError, match="instances must be >= 1, got 0"):
+        BatchPolicy(instances=0)
+
+
+async def test_two_instances_run_two_batches_at_once_and_no_more():
+    both = threading.Barrier(2, timeout=10)  # passes only while two batches run together
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def graph(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            if inputs["x"][0, 0] < 2:  # the first two batches meet at the barrier
+                both.wait()
+            return {"y": 2 * inputs["x"] + 1}
+        finally:
+            with lock:
+                running -= 1
+
+    batcher = RequestBatcher(
+        graph, BatchPolicy(max_batch_size=1, instances=2), model="m", graph="g",
+        executor=concurrent.futures.ThreadPoolExecutor(4),
+    )  # fmt: skip
+    batcher.start()
+    results = await asyncio.gather(
+        *(batcher.submit({"x": np.full((1, 1), i, np.float32)}) for i in range(8))
+    )
+    assert [float(r["y"][0, 0]) for r in results] == [2 * i + 1 for i in range(8)]
+    assert most == 2, f"{most} batches ran at once"
+    await batcher.close()
 
 
 async def test_a_caller_who_leaves_while_its_batch_fills_is_not_computed():

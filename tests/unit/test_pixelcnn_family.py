@@ -46,6 +46,16 @@ async def served(folder):
     return model
 
 
+def test_the_fast_graphs_run_on_one_thread_unless_the_operator_sets_a_count(folders):
+    config = load_config(folders[0])
+    chosen = LoadContext(SessionOptions())  # ONNX Runtime's choice: the config's 1 applies
+    assert chosen.open_graph(config, "pixels").options.intra_op_threads == 1
+    assert chosen.open_graph(config, "rows").options.intra_op_threads == 1
+    assert chosen.open_graph(config, "pixelcnn").options.intra_op_threads == 0
+    operator = LoadContext(SessionOptions(intra_op_threads=2))
+    assert operator.open_graph(config, "pixels").options.intra_op_threads == 2
+
+
 async def test_the_fast_sampler_draws_the_same_images_as_the_naive_one(folders):
     fast, naive = [await served(folder) for folder in folders]
     params = GenerateParams(3, seed=7, class_labels=np.array([0, 5, 9]))

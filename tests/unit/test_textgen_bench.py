@@ -113,6 +113,13 @@ def test_the_section_renders_from_results():
         "overhead": [
             {"context": 16, "batch": 8, "step_ms": 1.0, "session_ms": 0.6, "overhead_ms": 0.4}
         ],
+        "ceiling": {
+            "context": 128,
+            "batch": 32,
+            "one_step_ms": 0.5,
+            "batch_step_ms": 6.0,
+            "ratio": 2.67,
+        },
         "goals": [],
     }
     section = render_section(results, "people wrote this")
@@ -120,4 +127,5 @@ def test_the_section_renders_from_results():
         "| 1 | continuous | 500 | 500 |" in section  # and the rounds' tokens/s
         and "| 16 | 8 | 1.000 | 0.600 | **0.400** |" in section
     )
+    assert "0.500 ms for one text, 6.000 ms for 32" in section and "**2.7x**" in section
     assert "people wrote this" in section

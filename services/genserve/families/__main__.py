@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument(
         "--max-batch-tokens", type=int, help="override every token-batched model's policy"
     )
+    parser.add_argument(
+        "--instances", type=int, help="override every batched model's batches run at once"
+    )
     parser.add_argument("--max-running", type=int, help="override every model's step slots")
     parser.add_argument("--max-waiting", type=int, help="override every model's step queue bound")
     parser.add_argument(
@@ -97,6 +100,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size,
         max_batch_tokens=args.max_batch_tokens,
+        instances=args.instances,
         adaptive_delay=False if args.fixed_delay else None,
     )
     stepping = _given(

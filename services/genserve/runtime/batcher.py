@@ -123,11 +123,30 @@ class BatcherBase:
             )
 
     async def _work(self) -> None:
-        """Take batches and run them until closed and drained."""
-        while not (self._closed and not self.queue_depth):
-            batch = await self._next_batch()
-            if batch:
-                await self._run(batch)
+        """Take batches and run them, up to ``policy.instances`` at once, until closed and drained.
+
+        The next batch is taken only once an instance is free, so what arrives
+        while every instance runs waits and joins it.
+        """
+        free = asyncio.Semaphore(self.policy.instances)
+        running: set[asyncio.Task] = set()
+
+        def done(task: asyncio.Task) -> None:
+            running.discard(task)
+            free.release()
+
+        try:
+            while not (self._closed and not self.queue_depth):
+                await free.acquire()
+                batch = await self._next_batch()
+                if not batch:
+                    free.release()
+                    continue
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                running.add(task)
+                task.add_done_callback(done)
+        finally:
+            await asyncio.gather(*running, return_exceptions=True)
 
     def _expected(self) -> int:
         """How many items recent batches held: the adaptive delay waits for as many."""

@@ -133,7 +133,10 @@ class LoadContext:
         """Open one graph of a model version."""
         if role not in config.graphs:
             raise errors.GenserveError(f"model {config.name} has no graph {role!r}")
-        return Graph(config.graph_path(role), self.session_options)
+        options, threads = self.session_options, config.graphs[role].intra_op_threads
+        if threads and not options.intra_op_threads:  # an operator's explicit count wins
+            options = dataclasses.replace(options, intra_op_threads=threads)
+        return Graph(config.graph_path(role), options)
 
     def batched_graph(self, config: ModelConfig, role: str) -> RequestBatcher:
         """Open one graph behind a request batcher (not started)."""

@@ -88,8 +88,13 @@ class BatchPolicy:
     max_batch_tokens: int | None = None
     """Most padded tokens (rows x padded length) in one session run, for text
     graphs batched by a token budget; None for graphs batched by rows only."""
+    instances: int = 1
+    """Batches run at once, each on its own session worker thread (Triton's
+    instance_group count); with one intra-op thread each, one per core."""
 
     def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
         if self.max_queue_delay_ms < 0:
@@ -122,6 +127,10 @@ class GraphSpec:
     """The graph's inputs."""
     outputs: tuple[TensorSpec, ...] = ()
     """The graph's outputs."""
+    intra_op_threads: int | None = field(default=None, metadata={"min": 1})
+    """Threads per run of this graph where the process leaves the choice to ONNX
+    Runtime (``--intra-op-threads 0``): 1 for graphs of many tiny ops, which only
+    lose time handing each op to a second thread; None for the process's setting."""
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ class Graph:
 
     def __init__(self, path: str | os.PathLike, options: SessionOptions) -> None:
         self.path = str(path)
+        self.options = options
         session_options = ort.SessionOptions()
         session_options.log_severity_level = 3
         if options.intra_op_threads:
