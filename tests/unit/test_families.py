@@ -41,3 +41,17 @@ def test_a_family_module_that_does_not_import_is_named_and_hides_no_other(monkey
         assert model_class("vae").family == "vae"
     finally:
         families._discover.cache_clear()
+
+
+def test_a_graph_s_own_threading_applies_unless_the_operator_overrides_it():
+    from genserve.runtime.model import LoadContext
+    from genserve.runtime.schema import GraphSpec
+    from genserve.runtime.session import SessionOptions
+
+    tiny = GraphSpec("g.onnx", intra_op_threads=1, intra_op_spinning=False)
+    chosen = LoadContext(SessionOptions()).graph_options(tiny)
+    assert (chosen.intra_op_threads, chosen.intra_op_spinning) == (1, False)
+    operator = LoadContext(SessionOptions(intra_op_threads=2)).graph_options(tiny)
+    assert (operator.intra_op_threads, operator.intra_op_spinning) == (2, False)
+    plain = LoadContext(SessionOptions(intra_op_spinning=False)).graph_options(GraphSpec("g"))
+    assert (plain.intra_op_threads, plain.intra_op_spinning) == (0, False)

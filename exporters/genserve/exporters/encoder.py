@@ -22,6 +22,7 @@ sentences; the card records the count and the minimum cosine::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -40,7 +41,7 @@ from genserve.exporters import onnx_export, repository
 from genserve.exporters.data import DatasetMissing
 from genserve.exporters.text_data import load_shakespeare
 from genserve.families.encoder import EncoderTokenizer
-from genserve.runtime.schema import BatchPolicy, Card, ModelSpec
+from genserve.runtime.schema import BatchPolicy, Card, GraphSpec, ModelSpec
 from genserve.runtime.token_batcher import bucket_for, padded
 
 logger = logging.getLogger(__name__)
@@ -276,11 +277,14 @@ def sections(max_tokens: int, dim: int) -> dict:
             "max_text_chars": 8 * max_tokens,
             "tokenizer": TOKENIZER_FILE,
             "length_buckets": list(LENGTH_BUCKETS),
-            # Idle ONNX Runtime threads sleep rather than spin: on a 2-core machine
-            # shared with the gateway and clients, spinning doubled the CPU per call.
-            "intra_op_spinning": False,
         },
     }
+
+
+def graph_spec(onnx_model: onnx.ModelProto, path: Path) -> GraphSpec:
+    """The graph's config entry. Its idle ONNX Runtime threads sleep rather than spin: on
+    a 2-core machine shared with the gateway and clients, spinning doubled the CPU per call."""
+    return dataclasses.replace(onnx_export.graph_spec(onnx_model, path), intra_op_spinning=False)
 
 
 def export(out: Path, name: str, version: int, command: str, overwrite: bool = False) -> Path:
@@ -324,7 +328,7 @@ def export(out: Path, name: str, version: int, command: str, overwrite: bool = F
             created_utc=repository.utc_now_iso(),
         )
         spec = ModelSpec(
-            name=name, family="encoder", graphs={GRAPH: onnx_export.graph_spec(onnx_model, path)},
+            name=name, family="encoder", graphs={GRAPH: graph_spec(onnx_model, path)},
             card=card, **sections(max_tokens, dim),
         )  # fmt: skip
         repository.write_config(folder, spec)

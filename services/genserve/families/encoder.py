@@ -37,7 +37,6 @@ from genserve.runtime.errors import InvalidArgument
 from genserve.runtime.limits import shown
 from genserve.runtime.model import ENCODE, Encoding, LoadContext, ServedModel
 from genserve.runtime.repository import ModelConfig
-from genserve.runtime.session import Graph
 from genserve.runtime.token_batcher import TokenBatcher
 
 GRAPH = "encoder"
@@ -72,7 +71,6 @@ class EncoderParams:
     max_text_chars: int
     tokenizer: str
     length_buckets: tuple[int, ...]
-    intra_op_spinning: bool
 
     @classmethod
     def of(cls, config: ModelConfig) -> EncoderParams:
@@ -84,7 +82,6 @@ class EncoderParams:
                 max_text_chars=int(raw["max_text_chars"]),
                 tokenizer=str(raw["tokenizer"]),
                 length_buckets=tuple(sorted(int(b) for b in raw["length_buckets"])),
-                intra_op_spinning=raw.get("intra_op_spinning", True),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidArgument("params", f"model {config.name}: {exc!r}") from None
@@ -93,11 +90,6 @@ class EncoderParams:
                 "params.length_buckets",
                 f"the longest must hold max_seq_length {params.max_seq_length}, "
                 f"got {list(params.length_buckets)}",
-            )
-        if not isinstance(params.intra_op_spinning, bool):
-            raise InvalidArgument(
-                "params.intra_op_spinning",
-                f"must be true or false, got {params.intra_op_spinning!r}",
             )
         if Path(params.tokenizer).name != params.tokenizer:
             raise InvalidArgument(
@@ -118,10 +110,7 @@ class EncoderModel(ServedModel):
         self.tokenizer = EncoderTokenizer(
             config.path / self.params.tokenizer, self.params.max_seq_length
         )
-        options = context.session_options  # the process flag can only turn spinning off
-        if not self.params.intra_op_spinning:
-            options = dataclasses.replace(options, intra_op_spinning=False)
-        graph = Graph(config.graph_path(GRAPH), options)
+        graph = context.open_graph(config, GRAPH)
         policy = dataclasses.replace(config.batch_policy, **context.batching_overrides)
         self._batcher = TokenBatcher(
             graph.run,

@@ -18,6 +18,7 @@ import numpy as np
 from genserve.runtime import errors
 from genserve.runtime.batcher import RequestBatcher
 from genserve.runtime.repository import ModelConfig
+from genserve.runtime.schema import GraphSpec
 from genserve.runtime.session import Graph, SessionOptions
 from genserve.runtime.stepper import Step, StepWorker
 from genserve.runtime.tokens import FinishReason
@@ -133,10 +134,20 @@ class LoadContext:
         """Open one graph of a model version."""
         if role not in config.graphs:
             raise errors.GenserveError(f"model {config.name} has no graph {role!r}")
-        options, threads = self.session_options, config.graphs[role].intra_op_threads
-        if threads and not options.intra_op_threads:  # an operator's explicit count wins
-            options = dataclasses.replace(options, intra_op_threads=threads)
-        return Graph(config.graph_path(role), options)
+        return Graph(config.graph_path(role), self.graph_options(config.graphs[role]))
+
+    def graph_options(self, spec: GraphSpec) -> SessionOptions:
+        """The process's session options with the graph's own threading settings applied.
+
+        An operator's explicit thread count wins over the graph's; spinning is off
+        when either turns it off.
+        """
+        options = self.session_options
+        if spec.intra_op_threads and not options.intra_op_threads:
+            options = dataclasses.replace(options, intra_op_threads=spec.intra_op_threads)
+        if spec.intra_op_spinning is False:
+            options = dataclasses.replace(options, intra_op_spinning=False)
+        return options
 
     def batched_graph(self, config: ModelConfig, role: str) -> RequestBatcher:
         """Open one graph behind a request batcher (not started)."""

@@ -131,6 +131,10 @@ class GraphSpec:
     """Threads per run of this graph where the process leaves the choice to ONNX
     Runtime (``--intra-op-threads 0``): 1 for graphs of many tiny ops, which only
     lose time handing each op to a second thread; None for the process's setting."""
+    intra_op_spinning: bool | None = None
+    """False lets this graph's idle intra-op threads sleep rather than spin (the
+    process's ``--no-intra-op-spinning`` turns it off for every graph); None for
+    the process's setting."""
 
 
 @dataclass(frozen=True)
