@@ -31,6 +31,11 @@ REQUEST_DURATION = Histogram(
     ["method", "model"],
     buckets=_LATENCY_BUCKETS_S,
 )
+KEY_REQUESTS = Counter(
+    "genserve_key_requests_total",
+    "RPCs admitted with an API key, by the key's id (never the key).",
+    ["key"],
+)
 IN_FLIGHT = Gauge(
     "genserve_in_flight_requests",
     "RPCs being handled right now.",
