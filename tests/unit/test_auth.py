@@ -20,6 +20,7 @@ from genserve.gateway.auth import (
 )
 from genserve.runtime.errors import STATUS_DETAILS_KEY, ResourceExhausted, Unauthenticated
 from genserve.runtime.interceptors import ServingInterceptor
+from genserve.runtime.priority import call_priority
 
 pytestmark = pytest.mark.unit
 
@@ -44,6 +45,7 @@ def store(tmp_path):
         path,
         {"id": "a", "sha256": hash_key("key-a"), "rate_per_s": 2, "burst": 2, "max_streams": 1},
         {"id": "gone", "sha256": hash_key("key-gone"), "revoked": True},
+        {"id": "low", "sha256": hash_key("key-low"), "priority": "low"},
     )
     keys = KeyStore(path, reload_s=1.0, clock=clock)
     keys.test_clock = clock
@@ -110,6 +112,7 @@ ZEROS, ONES = "0" * 64, "1" * 64
         ([{"id": "a", "sha256": "abc"}], "keys[0].sha256"),
         ([{"id": "a", "sha256": ZEROS, "rate_per_s": 0}], "keys[0].rate_per_s"),
         ([{"id": "a", "sha256": ZEROS, "colour": 1}], "keys[0]: unknown fields"),
+        ([{"id": "a", "sha256": ZEROS, "priority": "top"}], "keys[0].priority"),
         ([{"id": "a", "sha256": ZEROS}, {"id": "a", "sha256": ONES}], "keys[1].id"),
     ],
 )
@@ -133,6 +136,9 @@ async def test_the_interceptor_refuses_counts_and_lets_health_checks_through(sto
     async def echo(request, context):
         return request
 
+    async def priority(request, context):
+        return call_priority.get().name.encode()
+
     async def count(request, context):
         for i in range(3):
             yield bytes([i])
@@ -141,6 +147,7 @@ async def test_the_interceptor_refuses_counts_and_lets_health_checks_through(sto
         "test.Echo",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Priority": grpc.unary_unary_rpc_method_handler(priority),
             "Count": grpc.unary_stream_rpc_method_handler(count),
         },
     )
@@ -167,6 +174,13 @@ async def test_the_interceptor_refuses_counts_and_lets_health_checks_through(sto
             )
             retry = error_details_pb2.RetryInfo()
             assert status.details[0].Unpack(retry) and retry.retry_delay.ToNanoseconds() > 0
+            ask = channel.unary_unary("/test.Echo/Priority")
+            low = (("authorization", "Bearer key-low"), ("x-priority", "high"))
+            assert await ask(b"", metadata=low) == b"LOW"  # the key caps what a call asks
+            store.test_clock.now += 10.0  # key-a's bucket refills
+            lower = (*good, ("x-priority", "low"))
+            assert await ask(b"", metadata=lower) == b"LOW"
+            assert await ask(b"", metadata=good) == b"NORMAL"
             probe = health_pb2_grpc.HealthStub(channel)
             answer = await probe.Check(health_pb2.HealthCheckRequest())  # no key needed
             assert answer.status == health_pb2.HealthCheckResponse.SERVING

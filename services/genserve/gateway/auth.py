@@ -5,7 +5,7 @@ stored only as SHA-256 hashes::
 
     {"keys": [
       {"id": "team-a", "sha256": "<hex sha256 of the key>",
-       "rate_per_s": 50, "burst": 100, "max_streams": 8},
+       "rate_per_s": 50, "burst": 100, "max_streams": 8, "priority": "high"},
       {"id": "old-batch-job", "sha256": "...", "revoked": true}
     ]}
 
@@ -16,6 +16,10 @@ what it is sent and looks the hash up; no key, an unknown key or a revoked one
 is refused with UNAUTHENTICATED (one message for all three: a prober learns
 nothing about which keys exist). Health checks and reflection need no key, so
 probes and tools still work.
+
+A key's ``priority`` (high, normal or low) is its calls' priority and the
+highest they may ask for with ``x-priority`` metadata; the gateway passes the
+result on to the family services' queues.
 
 Each key has a token bucket (``rate_per_s`` calls per second, ``burst`` at
 once): a call beyond it is refused with RESOURCE_EXHAUSTED carrying a
@@ -46,7 +50,8 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
 
 from genserve.runtime import metrics
-from genserve.runtime.errors import ResourceExhausted, Unauthenticated
+from genserve.runtime.errors import InvalidArgument, ResourceExhausted, Unauthenticated
+from genserve.runtime.priority import Priority, call_priority, parse_priority
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,9 @@ class ApiKey:
     """Calls the bucket holds (at least 1); None: one second's worth of the rate."""
     max_streams: int | None = None
     """Streaming calls open at once; None: no cap beyond the server's."""
+    priority: str = "normal"
+    """The key's calls' priority (high, normal or low) and the highest they may ask
+    for with ``x-priority``."""
     revoked: bool = False
     """Refused like an unknown key."""
 
@@ -114,6 +122,15 @@ class ApiKey:
                 raise KeyFileError(f"{where}.{name}: must be a positive number, got {value!r}")
         if not isinstance(self.revoked, bool):
             raise KeyFileError(f"{where}.revoked: must be true or false")
+        try:
+            parse_priority(self.priority if isinstance(self.priority, str) else "?")
+        except InvalidArgument as exc:
+            raise KeyFileError(f"{where}.priority: {exc.problem}") from None
+
+    @property
+    def level(self) -> Priority:
+        """The key's priority level."""
+        return parse_priority(self.priority)
 
     @property
     def capacity(self) -> float:
@@ -317,6 +334,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             key = store.authenticate(authorization)
             metrics.KEY_REQUESTS.labels(key=key.id).inc()
             store.take(key)
+            # the call asks (x-priority, read by the serving interceptor); its key caps it
+            call_priority.set(max(call_priority.get(), key.level))
             return key
 
         if handler.unary_unary is not None:

@@ -9,6 +9,10 @@ graph off the event loop, and hands each caller back exactly its own rows.
 A request bigger than `max_batch_size` is split into parts of at most that
 many rows, so no session run ever exceeds the cap.
 
+Waiting requests are taken highest priority first, oldest first (see
+:mod:`genserve.runtime.priority`), so a flood of low-priority requests delays
+a high-priority one by at most the batch already running.
+
 A full queue refuses at once (ResourceExhausted); a request whose deadline has
 passed while it waited is dropped, not computed (DeadlineExceeded); a caller
 that is cancelled is taken out of the queue.
@@ -21,7 +25,6 @@ queue bound, the drop rules and one run.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Callable
@@ -32,6 +35,7 @@ import numpy as np
 
 from genserve.runtime import metrics
 from genserve.runtime.errors import DeadlineExceeded, GenserveError, ResourceExhausted, Unavailable
+from genserve.runtime.priority import Priority, PriorityQueue, call_priority
 from genserve.runtime.schema import BatchPolicy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +54,7 @@ class _Item:
     rows: int
     deadline: float | None
     future: asyncio.Future
+    priority: Priority = Priority.NORMAL
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -215,7 +220,7 @@ class RequestBatcher(BatcherBase):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: PriorityQueue[_Item] = PriorityQueue()
 
     @property
     def queue_depth(self) -> int:
@@ -261,7 +266,8 @@ class RequestBatcher(BatcherBase):
 
     async def _enqueue(self, inputs: Arrays, deadline: float | None) -> Arrays:
         """Queue one part of at most max_batch_size rows and await its outputs."""
-        item = _Item(inputs, _rows_of(inputs), deadline, asyncio.get_running_loop().create_future())
+        future = asyncio.get_running_loop().create_future()
+        item = _Item(inputs, _rows_of(inputs), deadline, future, call_priority.get())
         self._queue.append(item)
         self._depth.set(len(self._queue))
         self._arrived.set()
@@ -295,7 +301,8 @@ class RequestBatcher(BatcherBase):
         flush_at = first.enqueued_at + self.policy.max_queue_delay_ms / 1000.0
         expected = self._expected()
         while rows < self.policy.max_batch_size:
-            if self._queue and rows + self._queue[0].rows > self.policy.max_batch_size:
+            head = self._queue.peek()
+            if head is not None and rows + head.rows > self.policy.max_batch_size:
                 break  # the next request would overflow: it leads the next batch
             if not self._queue and self.policy.adaptive_delay and len(batch) >= expected:
                 break  # everyone recent traffic suggests has joined

@@ -7,6 +7,8 @@ Every RPC of a genserve process passes through `ServingInterceptor`:
 - a servicer base class's NotImplementedError becomes UNIMPLEMENTED;
 - any other exception becomes INTERNAL with a generic message, and the
   traceback goes to the log with the request id;
+- the call's priority comes from its `x-priority` metadata (high, normal or
+  low; see :mod:`genserve.runtime.priority`), for the queues its work joins;
 - the request id comes from the `x-request-id` metadata when it is short and
   safe to log, or is made here; it is set in a context variable for logs and
   forwarding, and is sent back;
@@ -42,6 +44,7 @@ from genserve.runtime.errors import (
     rich_status,
 )
 from genserve.runtime.limits import Limits
+from genserve.runtime.priority import PRIORITY_KEY, call_priority, parse_priority
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +204,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         in_flight.inc()
         self._active += 1
         try:
+            call_priority.set(parse_priority(call.incoming.get(PRIORITY_KEY)))
             self._admit(call, request)
             yield
         except asyncio.CancelledError:

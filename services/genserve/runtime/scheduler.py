@@ -41,14 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from genserve.runtime.errors import DeadlineExceeded, ResourceExhausted
-
-
-class Priority(enum.IntEnum):
-    """Who joins first when slots free up: a lower value first."""
-
-    HIGH = 0
-    NORMAL = 1
-    LOW = 2
+from genserve.runtime.priority import Priority
 
 
 class Leave(enum.Enum):

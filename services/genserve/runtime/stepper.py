@@ -36,9 +36,9 @@ from typing import Any
 
 from genserve.runtime import metrics
 from genserve.runtime.errors import Cancelled, GenserveError, Unavailable
+from genserve.runtime.priority import Priority, call_priority
 from genserve.runtime.scheduler import (
     Leave,
-    Priority,
     Sequence,
     StepPolicy,
     StepScheduler,
@@ -133,11 +133,13 @@ class StepWorker:
         self,
         state: Any,
         *,
-        priority: Priority = Priority.NORMAL,
+        priority: Priority | None = None,
         deadline: float | None = None,
         every_step: bool = True,
     ) -> AsyncIterator[Sequence]:
         """Add a sequence; yield it after every step it takes, the last time finished.
+
+        ``priority`` None is the priority of the call being handled.
 
         With ``every_step`` False it is yielded once, finished: a caller that
         only wants the result is not woken at every step.
@@ -149,6 +151,8 @@ class StepWorker:
         """
         if self._closed:
             raise Unavailable("the server is shutting down")
+        if priority is None:
+            priority = call_priority.get()
         seq = Sequence(state=state, priority=priority, deadline=deadline)
         self.scheduler.add(seq)
         inbox = self._inboxes[seq] = _Inbox(every_step, self._clock())
