@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from genserve.gateway.backends import BackendPool, PoolConfig
+from genserve.gateway.oip import OipServicer
 from genserve.gateway.servicer import ForwardConfig, GatewayServicer
 from genserve.runtime.limits import add_limit_flags, limits_from
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
@@ -121,13 +122,16 @@ async def run(config: GatewayConfig) -> None:
         names = pool.model_names()
         logger.info("routing %d models over %d backends", len(names), len(config.targets))
 
+    gateway = GatewayServicer(pool, config.forward, config.server.limits)
+    oip = OipServicer(gateway.forwarder, config.server.limits)  # Open Inference Protocol
     await serve(
         config.server,
-        GatewayServicer(pool, config.forward, config.server.limits),
+        gateway,
         known_models=pool.model_names,
         ready=ready,
         cleanup=pool.close,
         model_health=pool.model_health,
+        extra_services=[oip.add_to],
     )
 
 

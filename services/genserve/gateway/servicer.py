@@ -23,8 +23,10 @@ crosses to a family service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
@@ -177,8 +179,20 @@ class _Tries:
         return False
 
 
-class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """ModelService that forwards every model call to a backend that serves it.
+_SEEDED = frozenset({"Generate", "Complete"})
+"""Calls that sample: the gateway draws their seed when the caller gave none."""
+_IMAGES_CHECKED = frozenset({"Encode", "Reconstruct", "Complete"})
+"""Calls whose images are checked here before they are forwarded."""
+
+
+class Forwarder:
+    """Routes and forwards genserve calls, whatever protocol the caller spoke.
+
+    The one place that knows how a call reaches a backend: routing by model
+    name, the per-try time and the deadline, retries, seeds drawn for sampling
+    calls, image headers checked at the edge, request ids and authorization
+    passed on. Both the gateway's ModelService and its Open Inference Protocol
+    service (`oip.py`) call it with genserve requests.
 
     Args:
         pool: the backends and what they serve.
@@ -189,22 +203,74 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(
         self, pool: BackendPool, config: ForwardConfig | None = None, limits: Limits | None = None
     ) -> None:
-        self._pool = pool
+        self.pool = pool
         self._config = config or ForwardConfig()
         self._limits = limits or Limits()
+
+    def model_info(self, model_name: str) -> pb.ModelInfo:
+        """What a healthy backend reported of the model.
+
+        Raises:
+            NotFound: no backend serves it.
+            Unavailable: every backend that serves it is unhealthy.
+        """
+        return _routable(self.pool, model_name)[0].models[model_name]
+
+    async def call(self, method: str, request, context):
+        """Forward one unary ModelService call (e.g. "Generate") to a backend serving its model.
+
+        Args:
+            method: the ModelService method.
+            request: its request message; a sampling call without a seed gets one here.
+            context: the incoming call, for its deadline and metadata.
+        """
+        if method in _SEEDED:
+            _seeded(request)
+        if method in _IMAGES_CHECKED:
+            self._check_images(request.model_name, request)
+        return await self._unary(method, request.model_name, request, context)
+
+    async def stream(
+        self, request: pb.GenerateStreamRequest, context
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        """Forward a GenerateStream and yield its events; retried only before the first.
+
+        Close the iterator (`contextlib.aclosing`) when done with it: closing
+        it cancels the backend's stream at once.
+        """
+        inner = request.request
+        _seeded(inner)
+        tries = self._tries(inner.model_name, context, capped=False)
+        while True:
+            backend, timeout_s = tries.pick()
+            sent = 0
+            call = backend.stub.GenerateStream(
+                request, timeout=timeout_s, metadata=_metadata(context)
+            )
+            try:
+                async for event in call:
+                    sent += 1
+                    yield event
+            except grpc.aio.AioRpcError as exc:
+                await tries.failed(backend, exc, may_retry=sent == 0)
+            else:
+                tries.succeeded(backend)
+                return
+            finally:  # a caller that left (the iterator closed) ends the backend's stream at once
+                call.cancel()
 
     def _check_images(self, model_name: str, request) -> None:
         """Refuse bad PNG headers, counts or pixels before the request is forwarded."""
         if not request.HasField("images"):
             return
-        serving = (b for b in self._pool.backends if b.healthy and model_name in b.models)
+        serving = (b for b in self.pool.backends if b.healthy and model_name in b.models)
         info = next((b.models[model_name] for b in serving), None)
         if info is not None and len(info.image_shape) == 3:
             shape = tuple(info.image_shape)
             convert.png_headers("images", request.images, shape, info.max_num_samples, self._limits)
 
     def _tries(self, model_name: str, context, *, capped: bool = True) -> _Tries:
-        return _Tries(self._pool, model_name, self._config, context=context, capped=capped)
+        return _Tries(self.pool, model_name, self._config, context=context, capped=capped)
 
     async def _unary(self, method: str, model_name: str, request, context):
         """Forward one unary call, retrying when that is safe and may help."""
@@ -220,53 +286,48 @@ class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
                 tries.succeeded(backend)
                 return response
 
+
+class GatewayServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """ModelService that forwards every model call to a backend that serves it.
+
+    Args:
+        pool: the backends and what they serve.
+        config: tries and per-try time.
+        limits: bounds on what one request may carry.
+    """
+
+    def __init__(
+        self, pool: BackendPool, config: ForwardConfig | None = None, limits: Limits | None = None
+    ) -> None:
+        self.forwarder = Forwarder(pool, config, limits)
+
     async def ListModels(self, request, context):
         models = [
-            m for m in self._pool.models() if not request.family or m.family == request.family
+            m
+            for m in self.forwarder.pool.models()
+            if not request.family or m.family == request.family
         ]
         return pb.ListModelsResponse(models=models)
 
     async def DescribeModel(self, request, context):
-        return await self._unary("DescribeModel", request.model_name, request, context)
+        return await self.forwarder.call("DescribeModel", request, context)
 
     async def Generate(self, request, context):
-        _seeded(request)
-        return await self._unary("Generate", request.model_name, request, context)
+        return await self.forwarder.call("Generate", request, context)
 
     async def Encode(self, request, context):
-        self._check_images(request.model_name, request)
-        return await self._unary("Encode", request.model_name, request, context)
+        return await self.forwarder.call("Encode", request, context)
 
     async def Decode(self, request, context):
-        return await self._unary("Decode", request.model_name, request, context)
+        return await self.forwarder.call("Decode", request, context)
 
     async def Reconstruct(self, request, context):
-        self._check_images(request.model_name, request)
-        return await self._unary("Reconstruct", request.model_name, request, context)
+        return await self.forwarder.call("Reconstruct", request, context)
 
     async def Complete(self, request, context):
-        self._check_images(request.model_name, request)
-        _seeded(request)
-        return await self._unary("Complete", request.model_name, request, context)
+        return await self.forwarder.call("Complete", request, context)
 
     async def GenerateStream(self, request, context):
-        inner = request.request
-        _seeded(inner)
-        tries = self._tries(inner.model_name, context, capped=False)
-        while True:
-            backend, timeout_s = tries.pick()
-            sent = 0
-            call = backend.stub.GenerateStream(
-                request, timeout=timeout_s, metadata=_metadata(context)
-            )
-            try:
-                async for event in call:
-                    sent += 1
-                    await context.write(event)
-            except grpc.aio.AioRpcError as exc:
-                await tries.failed(backend, exc, may_retry=sent == 0)
-            else:
-                tries.succeeded(backend)
-                return
-            finally:  # a caller that left (cancelled here) ends the backend's stream at once
-                call.cancel()
+        async with contextlib.aclosing(self.forwarder.stream(request, context)) as events:
+            async for event in events:
+                await context.write(event)

@@ -1,8 +1,9 @@
 """Building and running a genserve gRPC process.
 
 `serve` builds a grpc.aio server with the serving interceptor and the bounds
-of `Limits`, registers the ModelService servicer, standard health checking
-(Check, Watch and List) and reflection, serves
+of `Limits`, registers the ModelService servicer (and any further services a
+process adds, such as the gateway's Open Inference Protocol), standard health
+checking (Check, Watch and List) and reflection, serves
 /metrics over HTTP, and on SIGTERM or SIGINT marks itself NOT_SERVING, stops
 taking new calls, lets in-flight calls finish within the grace period, then
 runs the caller's cleanup.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -41,6 +42,9 @@ _TRANSPORT_OPTIONS = [
 
 ModelHealth = Callable[[], Mapping[str, bool]]
 """Model name -> whether a call for it can be served now."""
+AddService = Callable[[grpc.aio.Server], str]
+"""Adds one more servicer to the server and returns its full service name, which
+reflection lists and health reports beside ModelService."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,7 @@ async def serve(
     ready: Callable[[], Awaitable[None]] | None = None,
     cleanup: Callable[[], Awaitable[None]] | None = None,
     model_health: ModelHealth | None = None,
+    extra_services: Sequence[AddService] = (),
 ) -> None:
     """Run a ModelService process until SIGTERM or SIGINT.
 
@@ -127,6 +132,8 @@ async def serve(
         model_health: model name -> whether it can be served now; each
             model is then a service of the gRPC health checker, kept in step
             every MODEL_HEALTH_POLL_S.
+        extra_services: more services to serve beside ModelService, each
+            with its own health status and reflection entry.
     """
     options = [*config.limits.grpc_options(), *_TRANSPORT_OPTIONS]
     options += [  # take the gateway's keepalive pings (every 1 s by default), even between calls
@@ -143,15 +150,16 @@ async def serve(
     interceptor = ServingInterceptor(known_models, config.limits)
     server = grpc.aio.server(interceptors=[interceptor], options=options)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    services = ("", MODEL_SERVICE, *(add(server) for add in extra_services))
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        [MODEL_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*services[1:], health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{config.host}:{config.port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot bind {address}")
-    for name in ("", MODEL_SERVICE):
+    for name in services:
         await health_servicer.set(name, NOT_SERVING)
     if config.metrics_port:
         metrics.serve_metrics(
@@ -173,7 +181,7 @@ async def serve(
             sync = _ModelHealthSync(health_servicer, model_health)
             await sync.update()
             syncing = asyncio.create_task(sync.run())
-        for name in ("", MODEL_SERVICE):
+        for name in services:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info("serving on %s", address)
         await stop.wait()
