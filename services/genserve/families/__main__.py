@@ -12,12 +12,12 @@ from typing import Any
 
 from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
-from genserve.runtime.limits import add_limit_flags, limits_from
+from genserve.runtime.limits import add_limit_flags
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.scheduler import Admission, StepPolicy
-from genserve.runtime.server import ServerConfig, serve
+from genserve.runtime.server import ServerConfig, add_tls_flags, serve, server_config_from
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
 
@@ -93,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
     parser.add_argument("--poll-s", type=float, default=5.0, help="new-version poll; 0 never")
     add_logging_flags(parser)
     add_limit_flags(parser)
+    add_tls_flags(parser)
     args = parser.parse_args(argv)
     setup_logging_from(parser, args)
     overrides = _given(
@@ -114,9 +115,7 @@ def parse_args(argv: list[str] | None = None) -> FamilyConfig:
         return FamilyConfig(
             family=args.family,
             models=args.models,
-            server=ServerConfig(
-                args.host, args.port, args.metrics_port, args.grace_s, limits_from(args)
-            ),
+            server=server_config_from(args),
             session=SessionOptions(
                 args.provider, args.intra_op_threads, not args.no_intra_op_spinning
             ),

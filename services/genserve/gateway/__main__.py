@@ -7,14 +7,16 @@ import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
-from genserve.gateway.backends import BackendPool, PoolConfig
+from genserve.gateway.auth import AuthInterceptor, KeyFileError, KeyStore, parse_keys
+from genserve.gateway.backends import BackendPool, BackendTls, PoolConfig
 from genserve.gateway.oip import OipServicer
 from genserve.gateway.servicer import ForwardConfig, GatewayServicer
-from genserve.runtime.limits import add_limit_flags, limits_from
+from genserve.runtime.limits import add_limit_flags
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
-from genserve.runtime.server import ServerConfig, serve
+from genserve.runtime.server import ServerConfig, add_tls_flags, serve, server_config_from
 
 logger = logging.getLogger("genserve.gateway")
 
@@ -47,6 +49,12 @@ class GatewayConfig:
     """Health checks, ejection, keepalive and reconnect bounds."""
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     """Tries of a call and the time each may take."""
+    backend_tls: BackendTls | None = None
+    """TLS (mutual with a certificate) to the backends; None for plaintext."""
+    api_keys: Path | None = None
+    """The API keys file; None lets every caller in."""
+    api_keys_reload_s: float = 2.0
+    """How often, at most, the keys file is looked at for changes."""
 
 
 def _add_failover_flags(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_failover_flags(parser)
     add_logging_flags(parser)
     add_limit_flags(parser)
+    add_tls_flags(parser)
+    group = parser.add_argument_group("TLS to the backends")
+    group.add_argument("--backend-tls-ca", type=Path, help="CA of the backends' certificates")
+    group.add_argument("--backend-tls-cert", type=Path, help="the gateway's certificate (mTLS)")
+    group.add_argument("--backend-tls-key", type=Path, help="its private key")
+    group = parser.add_argument_group("API keys")
+    group.add_argument(
+        "--api-keys",
+        type=Path,
+        help="JSON file of hashed API keys (python -m genserve.gateway.auth makes one); "
+        "without it every caller is let in",
+    )
+    group.add_argument(
+        "--api-keys-reload-s", type=float, default=2.0, help="look for changes this often"
+    )
     return parser
 
 
@@ -90,16 +113,37 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
     """The GatewayConfig that build_parser's flags describe.
 
     Raises:
-        ValueError: a bound is out of range.
+        ValueError: a bound is out of range, or a TLS or keys file is missing or wrong.
     """
     return GatewayConfig(
         targets=tuple(args.backend),
-        server=ServerConfig(
-            args.host, args.port, args.metrics_port, args.grace_s, limits_from(args)
-        ),
+        server=server_config_from(args),
         pool=_config_from(PoolConfig, args),
         forward=_config_from(ForwardConfig, args),
+        backend_tls=_backend_tls(args),
+        api_keys=_checked_keys_file(args.api_keys),
+        api_keys_reload_s=args.api_keys_reload_s,
     )
+
+
+def _checked_keys_file(path: Path | None) -> Path | None:
+    """The keys file, once it reads and parses; a bad one is a usage error at start."""
+    if path is not None:
+        try:
+            parse_keys(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"--api-keys: cannot read {path}: {exc.strerror}") from None
+        except KeyFileError as exc:
+            raise ValueError(f"--api-keys: {path}: {exc}") from None
+    return path
+
+
+def _backend_tls(args: argparse.Namespace) -> BackendTls | None:
+    if args.backend_tls_ca is None:
+        if args.backend_tls_cert or args.backend_tls_key:
+            raise ValueError("--backend-tls-cert and --backend-tls-key need --backend-tls-ca")
+        return None
+    return BackendTls(args.backend_tls_ca, args.backend_tls_cert, args.backend_tls_key)
 
 
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
@@ -115,7 +159,10 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
 
 async def run(config: GatewayConfig) -> None:
     """Serve the gateway until SIGTERM."""
-    pool = BackendPool(list(config.targets), config.pool)
+    pool = BackendPool(list(config.targets), config.pool, config.backend_tls)
+    interceptors = []
+    if config.api_keys is not None:
+        interceptors.append(AuthInterceptor(KeyStore(config.api_keys, config.api_keys_reload_s)))
 
     async def ready() -> None:
         await pool.start()
@@ -132,6 +179,7 @@ async def run(config: GatewayConfig) -> None:
         cleanup=pool.close,
         model_health=pool.model_health,
         extra_services=[oip.add_to],
+        interceptors=interceptors,
     )
 
 

@@ -66,6 +66,8 @@ EXEMPT = frozenset(
         "/grpc.health.v1.Health/Watch",
         "/grpc.health.v1.Health/List",
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/inference.GRPCInferenceService/ServerLive",
+        "/inference.GRPCInferenceService/ServerReady",
     }
 )
 """Methods that need no key: probes and tools see the process as it is."""

@@ -30,6 +30,7 @@ import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 
@@ -48,6 +49,32 @@ _POSITIVE_FIELDS = (
     "refresh_s", "check_timeout_s", "backend_keepalive_timeout_s", "reconnect_max_s",
     "connect_timeout_s",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BackendTls:
+    """TLS to the backends: the CA that signed their certificates, and the gateway's
+    own certificate and key when they require one (mutual TLS)."""
+
+    ca: Path
+    cert: Path | None = None
+    key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--backend-tls-cert and --backend-tls-key go together")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"--backend-tls-{name}: {path} is not a readable file")
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """The channel credentials, read from the files now."""
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=self.key.read_bytes() if self.key else None,
+            certificate_chain=self.cert.read_bytes() if self.cert else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -173,16 +200,23 @@ class BackendPool:
         config: health checks, ejection, keepalive and reconnect bounds.
     """
 
-    def __init__(self, targets: list[str], config: PoolConfig | None = None) -> None:
+    def __init__(
+        self, targets: list[str], config: PoolConfig | None = None, tls: BackendTls | None = None
+    ) -> None:
         if not targets:
             raise ValueError("the gateway needs at least one backend target")
         self._config = config or PoolConfig()
+        self._credentials = None if tls is None else tls.credentials()
         self.backends = [self._connect(t) for t in targets]
         self._tasks: list[asyncio.Task] = []
         self._turn = itertools.count()
 
     def _connect(self, target: str) -> Backend:
-        channel = grpc.aio.insecure_channel(target, options=self._config.channel_options())
+        options = self._config.channel_options()
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(target, options=options)
+        else:
+            channel = grpc.aio.secure_channel(target, self._credentials, options=options)
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
         return Backend(target, channel, stub, eject_after=self._config.eject_after)
 

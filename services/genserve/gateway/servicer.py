@@ -36,6 +36,7 @@ from genserve.runtime import convert, metrics
 from genserve.runtime.errors import Forwarded, InvalidArgument, NotFound, Unavailable
 from genserve.runtime.interceptors import REQUEST_ID_KEY, request_id
 from genserve.runtime.limits import Limits
+from genserve.runtime.priority import PRIORITY_KEY, call_priority
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
@@ -96,7 +97,9 @@ def _routable(pool: BackendPool, model_name: str) -> list[Backend]:
 
 def _metadata(context) -> list[tuple[str, str]]:
     incoming = dict(context.invocation_metadata() or ())
-    metadata = [(REQUEST_ID_KEY, request_id.get())]
+    # The call's priority as admitted here (its x-priority, capped by its API key).
+    priority = call_priority.get().name.lower()
+    metadata = [(REQUEST_ID_KEY, request_id.get()), (PRIORITY_KEY, priority)]
     return metadata + [(k, incoming[k]) for k in _FORWARDED_METADATA if k in incoming]
 
 

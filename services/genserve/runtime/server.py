@@ -11,11 +11,13 @@ runs the caller's cleanup.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 
 from genserve.runtime import memory, metrics
 from genserve.runtime.interceptors import KnownModels, ServingInterceptor
-from genserve.runtime.limits import Limits, raise_fd_limit
+from genserve.runtime.limits import Limits, limits_from, raise_fd_limit
 from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,66 @@ reflection lists and health reports beside ModelService."""
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS port: its certificate chain and key, and the CA whose client
+    certificates it requires (mutual TLS), if any."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        """The server credentials, read from the files now."""
+        return grpc.ssl_server_credentials(
+            [(self.key.read_bytes(), self.cert.read_bytes())],
+            root_certificates=self.client_ca.read_bytes() if self.client_ca else None,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+def add_tls_flags(parser: argparse.ArgumentParser) -> None:
+    """--tls-cert, --tls-key and --tls-client-ca: serve the gRPC port over TLS."""
+    group = parser.add_argument_group("TLS (plaintext without these)")
+    group.add_argument("--tls-cert", type=Path, help="PEM certificate chain of the gRPC port")
+    group.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    group.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates this CA signed (mTLS)"
+    )
+
+
+def tls_from(args: argparse.Namespace) -> TlsFiles | None:
+    """The TlsFiles add_tls_flags' flags name, or None for plaintext.
+
+    Raises:
+        ValueError: a certificate without its key (or the reverse), a client CA
+            without a certificate, or a file that cannot be read.
+    """
+    cert, key, client_ca = args.tls_cert, args.tls_key, args.tls_client_ca
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together")
+    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag}: {path} is not a readable file")
+    return TlsFiles(cert, key, client_ca)
+
+
+def server_config_from(args: argparse.Namespace) -> ServerConfig:
+    """The ServerConfig of a process's --host, --port, --metrics-port, --grace-s, limit
+    and TLS flags.
+
+    Raises:
+        ValueError: a bound is out of range, or a TLS file is missing.
+    """
+    return ServerConfig(
+        args.host, args.port, args.metrics_port, args.grace_s, limits_from(args), tls_from(args)
+    )
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Where and how a genserve process listens."""
 
@@ -61,6 +123,8 @@ class ServerConfig:
     """How long in-flight calls may take to finish on shutdown."""
     limits: Limits = field(default_factory=Limits)
     """Bounds on messages, calls and connections."""
+    tls: TlsFiles | None = None
+    """Serve the gRPC port over TLS (mutual with a client CA); None for plaintext."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -119,6 +183,7 @@ async def serve(
     cleanup: Callable[[], Awaitable[None]] | None = None,
     model_health: ModelHealth | None = None,
     extra_services: Sequence[AddService] = (),
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> None:
     """Run a ModelService process until SIGTERM or SIGINT.
 
@@ -134,6 +199,8 @@ async def serve(
             every MODEL_HEALTH_POLL_S.
         extra_services: more services to serve beside ModelService, each
             with its own health status and reflection entry.
+        interceptors: more interceptors, inside the serving one (which maps
+            their errors to status codes and counts their refusals).
     """
     options = [*config.limits.grpc_options(), *_TRANSPORT_OPTIONS]
     options += [  # take the gateway's keepalive pings (every 1 s by default), even between calls
@@ -148,7 +215,7 @@ async def serve(
             config.limits.max_connections,
         )
     interceptor = ServingInterceptor(known_models, config.limits)
-    server = grpc.aio.server(interceptors=[interceptor], options=options)
+    server = grpc.aio.server(interceptors=[interceptor, *interceptors], options=options)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
     services = ("", MODEL_SERVICE, *(add(server) for add in extra_services))
     health_servicer = HealthServicer()
@@ -157,7 +224,11 @@ async def serve(
         [*services[1:], health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     address = f"{config.host}:{config.port}"
-    if server.add_insecure_port(address) == 0:
+    if config.tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, config.tls.credentials())
+    if bound == 0:
         raise OSError(f"cannot bind {address}")
     for name in services:
         await health_servicer.set(name, NOT_SERVING)
@@ -183,7 +254,7 @@ async def serve(
             syncing = asyncio.create_task(sync.run())
         for name in services:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        logger.info("serving on %s", address)
+        logger.info("serving on %s%s", address, "" if config.tls is None else " (TLS)")
         await stop.wait()
         logger.info("shutting down: finishing in-flight calls (grace %.1fs)", config.grace_s)
         if model_health is not None:
