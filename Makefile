@@ -39,8 +39,8 @@ venv: $(VENV)/.serve ## Create .venv with what serving needs.
 
 dev: $(VENV)/.dev ## Add what training, tests and lint need to .venv.
 
-up: $(VENV)/.serve ## Start every family service with a model in models/ plus the gateway on loopback.
-	$(VENV)/bin/genserve-up --models models
+up: $(VENV)/.serve ## Start every family service with a model in models/ plus the gateway on loopback (REPLICAS="vae=2 lstm=3" for more than one replica).
+	$(VENV)/bin/genserve-up --models models $(foreach replica,$(REPLICAS),--replicas $(replica))
 
 data: ## Install the offline data sets the exporters and tests read (Debian package, needs root).
 	@test -d $(FASHION_DIR) || { \

@@ -4,7 +4,9 @@ One session-scoped deployment: train a tiny VAE for a few steps with the real
 exporter (train, export, parity check, write the repository folder), put it in
 a temporary model repository beside a copy of the committed vae-fashion, start
 a vae family service and a gateway in front of it, wait for health, and always
-stop both.
+stop both. Also shared by the tests: starting processes, training tiny models,
+scraping metrics, and `Load`, threads repeating seeded calls of one or more
+kinds (protocols) that count every outcome.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,6 +27,7 @@ from typing import NamedTuple
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from genserve.client import Client, GenserveError
 from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
 from genserve.v1 import model_service_pb2 as pb
 
@@ -67,6 +72,107 @@ def wait_for(predicate, timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def status_name(exc: Exception) -> str:
+    """The gRPC status code name of a failed call, from genserve's, grpc's or tritonclient's error.
+
+    Anything else is named by its type, so a load test counts it as a failure too.
+    """
+    if isinstance(exc, GenserveError):
+        return exc.code.name
+    code = getattr(exc, "code", None)
+    if callable(code):  # grpc.RpcError
+        return code().name
+    status = getattr(exc, "status", None)
+    if callable(status) and status():  # tritonclient's InferenceServerException
+        return str(status()).removeprefix("StatusCode.")
+    return type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Caller:
+    """One kind of seeded call a `Load` repeats.
+
+    `connect()` opens a client and yields the call, a function that makes one
+    call and returns the bytes it got; each caller thread connects once.
+    """
+
+    label: str
+    """Names the kind in the counts, e.g. "ModelService"."""
+    connect: Callable[[], AbstractContextManager[Callable[[], bytes]]]
+    """Opens a client; yields the call."""
+    expected: bytes
+    """What every call must return."""
+
+
+class Load:
+    """Threads repeating seeded calls until the block ends; counts outcomes per kind.
+
+    Args:
+        callers: the kinds of call, each made by `threads` threads of its own.
+        threads: threads per kind.
+    """
+
+    def __init__(self, callers: list[Caller], threads: int = 2) -> None:
+        self.codes: dict[str, Counter] = {caller.label: Counter() for caller in callers}
+        """Per kind, calls by status code name ("OK" for those that returned)."""
+        self.mismatches: Counter = Counter()
+        """Per kind, calls that returned other bytes than expected."""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(caller,), daemon=True)
+            for caller in callers
+            for _ in range(threads)
+        ]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def calls(self) -> int:
+        """Calls made so far, of the kind that made the fewest."""
+        with self._lock:
+            return min(codes.total() for codes in self.codes.values())
+
+    def progress(self, calls: int = 20) -> bool:
+        """Wait until every kind made `calls` more calls (True), or 30 s passed (False)."""
+        goal = self.calls() + calls
+        return wait_for(lambda: self.calls() >= goal, timeout_s=30)
+
+    def failures(self) -> dict[str, Counter]:
+        """Per kind, the calls that did not return OK."""
+        with self._lock:
+            return {
+                label: Counter({code: n for code, n in codes.items() if code != "OK"})
+                for label, codes in self.codes.items()
+                if set(codes) - {"OK"}
+            }
+
+    def _run(self, caller: Caller) -> None:
+        with caller.connect() as call:
+            while not self._stop.is_set():
+                try:
+                    same, code = call() == caller.expected, "OK"
+                except Exception as exc:  # every failure is counted and asserted on
+                    same, code = True, status_name(exc)
+                with self._lock:
+                    self.codes[caller.label][code] += 1
+                    self.mismatches[caller.label] += not same
+
+
+@contextmanager
+def model_service_caller(target: str, model: str, n: int, seed: int) -> Iterator[Callable]:
+    """genserve's Client (no retries of its own) and a seeded Generate of `model`'s images."""
+    with Client(target, timeout_s=10, retries=0) as client:
+        yield lambda: client.generate(model, n, seed=seed).images.tobytes()
 
 
 @dataclass(frozen=True)

@@ -13,56 +13,15 @@ from __future__ import annotations
 
 import shutil
 import signal
-import threading
-from collections import Counter
+from functools import partial
 from pathlib import Path
 
-from genserve.client import Client, GenserveError
+from genserve.client import Client
 from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
 
-from .conftest import TINY, scrape, start, total, wait_for
+from .conftest import TINY, Caller, Load, model_service_caller, scrape, start, total, wait_for
 
 FAILURES = "genserve_model_load_failures_total"
-
-
-class Load:
-    """Callers sending one seeded Generate after another until stopped."""
-
-    def __init__(self, gateway: str, expected: bytes, callers: int = 4) -> None:
-        self.codes: Counter = Counter()
-        self.mismatches = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(gateway, expected), daemon=True)
-            for _ in range(callers)
-        ]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def calls(self) -> int:
-        with self._lock:
-            return self.codes.total()
-
-    def _run(self, gateway: str, expected: bytes) -> None:
-        with Client(gateway, timeout_s=10, retries=0) as client:
-            while not self._stop.is_set():
-                try:
-                    same = client.generate(TINY, 2, seed=7).images.tobytes() == expected
-                    code = "OK"
-                except GenserveError as exc:
-                    same, code = True, exc.code.name
-                with self._lock:
-                    self.codes[code] += 1
-                    self.mismatches += not same
 
 
 def start_replica(sup: Supervisor, repo: Path, port: int, metrics_port: int, run: int = 1):
@@ -83,12 +42,6 @@ def served_version(target: str) -> str:
         return client.describe_model(TINY).info.version
 
 
-def progress(load: Load, calls: int = 20) -> bool:
-    """Wait until the callers have made `calls` more calls."""
-    goal = load.calls() + calls
-    return wait_for(lambda: load.calls() >= goal, timeout_s=30)
-
-
 def test_swaps_drop_ins_and_dying_replicas_under_load_fail_no_call(tiny_repo, tmp_path):
     repo = tmp_path / "models"
     shutil.copytree(tiny_repo / TINY, repo / TINY)
@@ -105,14 +58,15 @@ def test_swaps_drop_ins_and_dying_replicas_under_load_fail_no_call(tiny_repo, tm
         )  # fmt: skip
         with Client(gateway, timeout_s=10) as client:
             expected = client.generate(TINY, 2, seed=7).images.tobytes()
-        with Load(gateway, expected) as load:
-            assert progress(load)
+        connect = partial(model_service_caller, gateway, TINY, 2, 7)
+        with Load([Caller("ModelService", connect, expected)], threads=4) as load:
+            assert load.progress()
 
             # 1. A hot swap: version 2 written beside, then renamed into place.
             shutil.copytree(v1, repo / TINY / "incoming")
             (repo / TINY / "incoming").rename(repo / TINY / "2")
             assert wait_for(lambda: all(served_version(r) == "2" for r in replicas))
-            assert progress(load)
+            assert load.progress()
 
             # 2. A non-atomic drop-in: config.json first, the graphs once it was refused.
             v3 = repo / TINY / "3"
@@ -122,21 +76,21 @@ def test_swaps_drop_ins_and_dying_replicas_under_load_fail_no_call(tiny_repo, tm
             for graph in sorted(v1.glob("*.onnx")):
                 shutil.copyfile(graph, v3 / graph.name)
             assert wait_for(lambda: all(served_version(r) == "3" for r in replicas))
-            assert progress(load)
+            assert load.progress()
 
             # 3. SIGTERM one replica, then start it again on its port.
             first.popen.send_signal(signal.SIGTERM)
             first.popen.wait(30)
-            assert progress(load)
+            assert load.progress()
             first = start_replica(sup, repo, ports[0], ports[2], run=2)
             assert wait_for(lambda: total(scrape(metrics[0]), "genserve_requests_total") > 50)
 
             # 4. kill -9 the other.
             second.popen.kill()
             second.popen.wait(10)
-            assert progress(load, calls=50)
-        assert load.codes == {"OK": load.codes.total()}, load.codes
-        assert load.mismatches == 0
+            assert load.progress(calls=50)
+        assert load.failures() == {}, load.codes
+        assert load.mismatches.total() == 0, load.mismatches
         assert first.is_running()
         with Client(gateway, timeout_s=10) as client:
             assert client.generate(TINY, 2, seed=7).images.tobytes() == expected

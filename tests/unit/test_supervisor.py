@@ -136,3 +136,70 @@ def test_up_discovers_families_and_plans_ports(tmp_path: Path) -> None:
     summary = up.format_summary(plans, tmp_path)
     assert "export GENSERVE_ADDR=127.0.0.1:50051" in summary
     assert "vae-digits, vae-fashion" in summary
+
+
+def test_up_plans_replicas_on_consecutive_ports_all_behind_the_gateway(tmp_path: Path) -> None:
+    families = {"gpt": ["gpt-shakespeare"], "lstm": ["lstm-shakespeare"], "vae": ["vae-fashion"]}
+    replicas = up.replica_counts([("vae", 3), ("gpt", 2)], families)
+    assert replicas == {"gpt": 2, "lstm": 1, "vae": 3}
+
+    plans = up.plan_processes(
+        families,
+        models_dir=tmp_path,
+        host="0.0.0.0",
+        gateway_port=50051,
+        first_family_port=50061,
+        metrics_port=9100,
+        replicas=replicas,
+    )
+    assert [(p.name, p.address, p.metrics_port) for p in plans] == [
+        ("family gpt 1/2", "127.0.0.1:50061", 9101),
+        ("family gpt 2/2", "127.0.0.1:50062", 9102),
+        ("family lstm", "127.0.0.1:50063", 9103),
+        ("family vae 1/3", "127.0.0.1:50064", 9104),
+        ("family vae 2/3", "127.0.0.1:50065", 9105),
+        ("family vae 3/3", "127.0.0.1:50066", 9106),
+        ("gateway", "127.0.0.1:50051", 9100),
+    ]
+    gateway_argv = plans[-1].argv
+    backends = [gateway_argv[i + 1] for i, arg in enumerate(gateway_argv) if arg == "--backend"]
+    assert backends == [f"127.0.0.1:{port}" for port in range(50061, 50067)]
+    summary = up.format_summary(plans, tmp_path)
+    for plan in plans:
+        assert f"{plan.name}  " in summary and plan.address in summary
+        assert f"http://127.0.0.1:{plan.metrics_port}/metrics" in summary
+
+
+def test_up_runs_one_replica_of_each_family_unless_asked() -> None:
+    families = {"lstm": ["lstm-shakespeare"], "vae": ["vae-fashion"]}
+    assert up.replica_counts([], families) == {"lstm": 1, "vae": 1}
+    assert up.parse_args([]).replicas == []
+    args = up.parse_args(["--replicas", "vae=2", "--replicas", "lstm=16", "--replicas", "vae=1"])
+    assert up.replica_counts(args.replicas, families) == {"lstm": 16, "vae": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("vae", "expected FAMILY=N"),
+        ("=2", "expected FAMILY=N"),
+        ("vae=two", "whole number"),
+        ("vae=0", "1..16, got 0"),
+        ("vae=17", "1..16, got 17"),
+    ],
+)
+def test_up_refuses_a_bad_replica_count(value: str, says: str, capsys) -> None:
+    with pytest.raises(up.ReplicasError, match=says):
+        up.parse_replicas(value)
+    with pytest.raises(SystemExit):
+        up.parse_args(["--replicas", value])
+    assert says in capsys.readouterr().err
+
+
+def test_up_refuses_replicas_of_a_family_not_in_the_repository(tmp_path: Path, caplog) -> None:
+    write_config(tmp_path, "vae-fashion", "vae")
+    with pytest.raises(up.ReplicasError, match="no 'gan' model in the repository"):
+        up.replica_counts([("gan", 2)], {"vae": ["vae-fashion"]})
+    args = up.parse_args(["--models", str(tmp_path), "--replicas", "gan=2"])
+    assert up.run(args) == 2
+    assert "families there: vae" in caplog.text

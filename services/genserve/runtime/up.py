@@ -1,8 +1,9 @@
 """`genserve-up`: run every family with a model in the repository, plus the gateway.
 
-One family service per family found in `models/*/*/config.json`, on loopback
-ports 50061 and up (metrics 9101 and up), and the gateway in front of them on
-127.0.0.1:50051 (metrics 9100). It waits until all are SERVING, prints what runs
+One family service per family found in `models/*/*/config.json` (or several
+replicas of it, `--replicas FAMILY=N`), on consecutive loopback ports 50061 and
+up (metrics 9101 and up), and the gateway in front of them on 127.0.0.1:50051
+(metrics 9100), with every replica as a backend. It waits until all are SERVING, prints what runs
 where, then waits; Ctrl-C or SIGTERM stops everything gracefully and exits 0.
 If any process exits on its own, the rest are stopped and it exits 1.
 """
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 _POLL_S = 0.5
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "[::]", "")
+MAX_REPLICAS = 16
+"""The most replicas `--replicas` may ask for one family."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,45 @@ def discover_families(models_dir: Path) -> dict[str, list[str]]:
     return {family: sorted(names) for family, names in sorted(families.items())}
 
 
+class ReplicasError(ValueError):
+    """A `--replicas` value that cannot be used; the message says why."""
+
+
+def parse_replicas(value: str) -> tuple[str, int]:
+    """One `--replicas` value, "FAMILY=N", as (family, N) with 1 <= N <= MAX_REPLICAS."""
+    family, sep, count = value.partition("=")
+    family = family.strip()
+    if not sep or not family:
+        raise ReplicasError(f"--replicas {value!r}: expected FAMILY=N, e.g. vae=2")
+    try:
+        replicas = int(count)
+    except ValueError:
+        raise ReplicasError(f"--replicas {value!r}: N must be a whole number") from None
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ReplicasError(f"--replicas {value!r}: N must be 1..{MAX_REPLICAS}, got {replicas}")
+    return family, replicas
+
+
+def replica_counts(
+    requested: Sequence[tuple[str, int]], families: dict[str, list[str]]
+) -> dict[str, int]:
+    """How many replicas each family runs: 1 unless `requested` says otherwise.
+
+    Raises:
+        ReplicasError: a requested family has no model in the repository.
+    """
+    counts = dict.fromkeys(families, 1)
+    for family, replicas in requested:
+        if family not in families:
+            known = ", ".join(families) or "none"
+            raise ReplicasError(
+                f"--replicas {family}={replicas}: no {family!r} model in the repository "
+                f"(families there: {known})"
+            )
+        counts[family] = replicas
+    return counts
+
+
 def plan_processes(
     families: dict[str, list[str]],
     *,
@@ -82,17 +124,27 @@ def plan_processes(
     gateway_port: int,
     first_family_port: int,
     metrics_port: int,
+    replicas: dict[str, int] | None = None,
 ) -> list[ProcessPlan]:
-    """The family services (on loopback), then the gateway in front of them on `host`."""
+    """The family services (on loopback), then the gateway in front of them on `host`.
+
+    Each family runs `replicas[family]` replicas (default 1), on consecutive
+    ports; every replica is a backend of the gateway.
+    """
+    replicas = replicas or {}
     plans = []
-    for index, (family, models) in enumerate(families.items()):
-        port, family_metrics = first_family_port + index, metrics_port + 1 + index
-        argv = python_module_command(
-            "genserve.families",
-            *("--family", family, "--models", str(models_dir)),
-            *("--host", LOOPBACK, "--port", str(port), "--metrics-port", str(family_metrics)),
-        )
-        plans.append(ProcessPlan(f"family {family}", argv, LOOPBACK, port, family_metrics, models))
+    for family, models in families.items():
+        count = replicas.get(family, 1)
+        for replica in range(1, count + 1):
+            index = len(plans)
+            port, family_metrics = first_family_port + index, metrics_port + 1 + index
+            argv = python_module_command(
+                "genserve.families",
+                *("--family", family, "--models", str(models_dir)),
+                *("--host", LOOPBACK, "--port", str(port), "--metrics-port", str(family_metrics)),
+            )
+            name = f"family {family}" if count == 1 else f"family {family} {replica}/{count}"
+            plans.append(ProcessPlan(name, argv, LOOPBACK, port, family_metrics, models))
     backends = [arg for plan in plans for arg in ("--backend", plan.address)]
     gateway_argv = python_module_command(
         "genserve.gateway",
@@ -160,6 +212,11 @@ def run(args: argparse.Namespace) -> int:
     if not families:
         logger.error("no models under %s/ (expected <model>/<version>/config.json)", models_dir)
         return 2
+    try:
+        replicas = replica_counts(args.replicas, families)
+    except ReplicasError as exc:
+        logger.error("%s", exc)
+        return 2
     plans = plan_processes(
         families,
         models_dir=models_dir,
@@ -167,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
         gateway_port=args.gateway_port,
         first_family_port=args.family_port,
         metrics_port=args.metrics_port,
+        replicas=replicas,
     )
     busy = busy_ports(plans)
     if busy:
@@ -201,10 +259,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--metrics-port", type=int, default=9100, help="gateway metrics; families use the next ones"
     )
+    parser.add_argument(
+        "--replicas",
+        action="append",
+        default=[],
+        type=_replicas_arg,
+        metavar="FAMILY=N",
+        help=f"run N replicas (1..{MAX_REPLICAS}) of FAMILY's service, each on its own port, "
+        "all behind the gateway; repeatable (default: 1 each)",
+    )
     parser.add_argument("--startup-timeout-s", type=float, default=120.0)
     parser.add_argument("--grace-s", type=float, default=10.0, help="SIGTERM grace per process")
     parser.add_argument("--log-dir", help="write each process's output to DIR/<name>.log")
     return parser.parse_args(argv)
+
+
+def _replicas_arg(value: str) -> tuple[str, int]:
+    """`parse_replicas` for argparse, which reports an ArgumentTypeError as a usage error."""
+    try:
+        return parse_replicas(value)
+    except ReplicasError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
