@@ -4,6 +4,7 @@ low-priority flood. No test waits on time: the graph is held at a gate."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from dataclasses import dataclass
 
@@ -12,7 +13,14 @@ import pytest
 
 from genserve.runtime.batcher import BatchPolicy, RequestBatcher
 from genserve.runtime.errors import InvalidArgument
-from genserve.runtime.priority import Priority, PriorityQueue, call_priority, parse_priority
+from genserve.runtime.priority import (
+    Priority,
+    PriorityQueue,
+    ask_priority,
+    call_priority,
+    parse_priority,
+    priority_cap,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -73,3 +81,23 @@ async def test_a_high_priority_request_waits_behind_a_low_flood_for_one_batch_at
     assert batches[0] == [0]
     assert 99 in batches[1], f"the high-priority request ran in batch {batches}"
     await batcher.close()
+
+
+def test_a_call_asks_for_a_priority_and_gets_at_most_its_cap():
+    def ask(cap: Priority, asked: Priority) -> Priority:
+        priority_cap.set(cap)
+        return ask_priority(asked), call_priority.get()
+
+    context = contextvars.copy_context()
+    assert context.run(ask, Priority.NORMAL, Priority.HIGH) == (Priority.NORMAL,) * 2
+    assert context.run(ask, Priority.NORMAL, Priority.LOW) == (Priority.LOW,) * 2
+    assert contextvars.copy_context().run(ask, Priority.HIGH, Priority.HIGH)[0] is Priority.HIGH
+
+
+def test_triton_s_request_priority_maps_onto_the_levels():
+    from genserve.gateway.oip_params import triton_priority
+
+    assert triton_priority(0) is None  # the default: the call keeps its own
+    assert [triton_priority(n) for n in (1, 2, 3, 99)] == [
+        Priority.HIGH, Priority.NORMAL, Priority.LOW, Priority.LOW,
+    ]  # fmt: skip

@@ -51,7 +51,13 @@ from google.rpc import error_details_pb2
 
 from genserve.runtime import metrics
 from genserve.runtime.errors import InvalidArgument, ResourceExhausted, Unauthenticated
-from genserve.runtime.priority import Priority, call_priority, parse_priority
+from genserve.runtime.priority import (
+    Priority,
+    ask_priority,
+    call_priority,
+    parse_priority,
+    priority_cap,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +343,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             metrics.KEY_REQUESTS.labels(key=key.id).inc()
             store.take(key)
             # the call asks (x-priority, read by the serving interceptor); its key caps it
-            call_priority.set(max(call_priority.get(), key.level))
+            priority_cap.set(key.level)
+            ask_priority(call_priority.get())
             return key
 
         if handler.unary_unary is not None:

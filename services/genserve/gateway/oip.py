@@ -31,7 +31,13 @@ import grpc
 
 from genserve.gateway import oip_models as models
 from genserve.gateway.oip_models import CallSpec, ModelSpec
-from genserve.gateway.oip_params import FINAL, FINAL_EMPTY, put_parameter, read_parameters
+from genserve.gateway.oip_params import (
+    FINAL,
+    FINAL_EMPTY,
+    put_parameter,
+    read_parameters,
+    triton_priority,
+)
 from genserve.gateway.oip_tensors import OutputTensor, put_outputs, read_inputs, requested_outputs
 from genserve.gateway.servicer import Forwarder
 from genserve.inference import grpc_service_pb2 as oip
@@ -39,6 +45,7 @@ from genserve.inference import grpc_service_pb2_grpc
 from genserve.runtime.errors import GenserveError, InvalidArgument, Unavailable, Unimplemented
 from genserve.runtime.interceptors import request_id
 from genserve.runtime.limits import Limits, shown
+from genserve.runtime.priority import ask_priority
 from genserve.v1 import model_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -297,6 +304,9 @@ class OipServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         call = model.call_for(request.parameters)
         specs = call.stream_parameters() if streaming else call.parameters
         params = read_parameters(request.parameters, specs, call.name)
+        asked = triton_priority(int(params.get("priority", 0)))
+        if asked is not None:  # this request's task only: a stream's others keep theirs
+            ask_priority(asked)
         what = f"{call.name} of model {model.name}"
         inputs = read_inputs(request, call.inputs, what)
         wanted = requested_outputs(request, call.outputs, what)

@@ -19,6 +19,7 @@ import numpy as np
 from genserve.inference import grpc_service_pb2 as oip
 from genserve.runtime.errors import InvalidArgument
 from genserve.runtime.limits import cut
+from genserve.runtime.priority import Priority
 
 MAX_PARAMETERS = 32
 """Request parameters one request may carry."""
@@ -51,13 +52,21 @@ SAMPLER = {
 """Sampler settings: genserve's SamplerParams fields; the backend checks their ranges."""
 EVERY_CALL = {
     "call": ParameterSpec("str"),
-    "priority": ParameterSpec("int", 0, (1 << 64) - 1),  # Triton's; accepted, not used
+    "priority": ParameterSpec("int", 0, (1 << 64) - 1),  # Triton's: see triton_priority
 }
 """What every call takes."""
 SAMPLING = {"seed": ParameterSpec("int", 0, (1 << 64) - 1), **SAMPLER}
 """What the sampling calls (generate, complete) take."""
 STREAMING = {"preview_every_steps": INT32, FINAL_EMPTY: ParameterSpec("bool")}
 """What ModelStreamInfer takes besides."""
+
+
+def triton_priority(level: int) -> Priority | None:
+    """Triton's request priority (1 the highest; 0 the default) as genserve's: 1 high,
+    2 normal, 3 and above low; None for 0."""
+    if level == 0:
+        return None
+    return {1: Priority.HIGH, 2: Priority.NORMAL}.get(level, Priority.LOW)
 
 
 def read_parameters(

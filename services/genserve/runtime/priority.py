@@ -34,6 +34,15 @@ class Priority(enum.IntEnum):
 
 call_priority: ContextVar[Priority] = ContextVar("call_priority", default=Priority.NORMAL)
 """The priority of the call being handled."""
+priority_cap: ContextVar[Priority] = ContextVar("priority_cap", default=Priority.HIGH)
+"""The highest priority the call may have (its API key's, at the gateway)."""
+
+
+def ask_priority(asked: Priority) -> Priority:
+    """Make `asked`, capped by the call's priority_cap, the call's priority; returns it."""
+    granted = max(asked, priority_cap.get())
+    call_priority.set(granted)
+    return granted
 
 
 def parse_priority(value: str | None) -> Priority:
