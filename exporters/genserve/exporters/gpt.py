@@ -33,6 +33,7 @@ from genserve.exporters.gpt_model import (
     GptStep,
     activation_peaks,
     next_token_loss,
+    past_names,
 )
 from genserve.exporters.quality_report import Evaluation
 from genserve.runtime.schema import GraphSpec
@@ -66,29 +67,32 @@ def export_graph(model: Gpt, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
     """Write ``gpt.onnx`` and check it: prompt passes, cached steps, greedy decoding."""
     config, graph = model.config, GptStep(model).eval()
     path = folder / f"{GRAPH}.onnx"
+    names = past_names(config.layers)
 
     def make_inputs(batch: int, rng: np.random.Generator, new: int = 5, past: int = 7) -> dict:
-        shape = (batch, config.layers, 2, config.heads, past, config.head_dim)
+        shape = (batch, config.heads, past, config.head_dim)
         return {
             "tokens": rng.integers(0, config.vocab_size, (batch, new), dtype=np.int64),
-            "past": rng.standard_normal(shape).astype(np.float32),
             "past_length": rng.integers(0, past + 1, batch, dtype=np.int64),
+            **{name: rng.standard_normal(shape).astype(np.float32) for name in names},
         }
 
-    example = tuple(torch.from_numpy(a) for a in make_inputs(2, np.random.default_rng(0)).values())
-    with warnings.catch_warnings():  # tokens, past and past_length share the batch Dim
-        warnings.filterwarnings("ignore", r".*The axis name: batch will not be used", UserWarning)
+    arrays = [torch.from_numpy(a) for a in make_inputs(2, np.random.default_rng(0)).values()]
+    example = (arrays[0], arrays[1], tuple(arrays[2:]))
+    with warnings.catch_warnings():  # the inputs share the batch and past Dims
+        warnings.filterwarnings("ignore", r".*The axis name: \w+ will not be used", UserWarning)
         onnx_model = onnx_export.export_onnx(
-            graph, example, path, input_names=["tokens", "past", "past_length"],
+            graph, example, path, input_names=["tokens", "past_length", *names],
             output_names=["logits", "present"],
-            axes={"tokens": {1: "new"}, "past": {4: "past"}},
+            axes={"tokens": {1: "new"}, **{name: {2: "past"} for name in names}},
         )  # fmt: skip
+    flat = _FlatStep(graph)  # check_parity passes one tensor per graph input
     diffs = {
         "prompt_max_abs_diff": onnx_export.check_parity(
-            graph, path, lambda b, rng: make_inputs(b, rng, new=9, past=0)
+            flat, path, lambda b, rng: make_inputs(b, rng, new=9, past=0)
         ),
         "step_max_abs_diff": onnx_export.check_parity(
-            graph, path, lambda b, rng: make_inputs(b, rng, new=1, past=config.context - 1)
+            flat, path, lambda b, rng: make_inputs(b, rng, new=1, past=config.context - 1)
         ),
     }
     mismatch = greedy_mismatch(model, path)
@@ -100,6 +104,17 @@ def export_graph(model: Gpt, folder: Path) -> tuple[dict[str, GraphSpec], dict]:
     return spec, {**parity, "greedy_tokens_match": GREEDY_TOKENS}
 
 
+class _FlatStep(torch.nn.Module):
+    """:class:`GptStep` taking the cache as separate arguments, as the graph does."""
+
+    def __init__(self, step: GptStep) -> None:
+        super().__init__()
+        self.step = step
+
+    def forward(self, tokens: torch.Tensor, past_length: torch.Tensor, *past: torch.Tensor):
+        return self.step(tokens, past_length, past)
+
+
 @torch.no_grad()
 def greedy_mismatch(model: Gpt, path: Path) -> int | None:
     """The first token where greedy decoding through the graph and a cache the size of the
@@ -108,23 +123,22 @@ def greedy_mismatch(model: Gpt, path: Path) -> int | None:
     session = onnx_export.cpu_session(path)
     config = model.config
     ids = [1, 2, 3]
-    cache = np.zeros((1, config.layers, 2, config.heads, config.context, config.head_dim), "f4")
-    empty = cache[..., :0, :]
+    names = past_names(config.layers)
+    cache = np.zeros((len(names), 1, config.heads, config.context, config.head_dim), "f4")
+    feeds = {name: cache[i, :, :, :0] for i, name in enumerate(names)}
     logits, present = session.run(
-        None, {"tokens": np.array([ids]), "past": empty, "past_length": np.zeros(1, np.int64)}
+        None, {"tokens": np.array([ids]), "past_length": np.zeros(1, np.int64), **feeds}
     )
-    cache[..., : len(ids), :] = present
+    feeds = {name: cache[i] for i, name in enumerate(names)}
     for i in range(min(GREEDY_TOKENS, config.context - len(ids))):
-        want = int(model(torch.tensor([ids]))[0][0, -1].argmax())
+        cache[:, 0, :, len(ids) - present.shape[4] : len(ids)] = present[0].reshape(
+            len(names), config.heads, -1, config.head_dim
+        )
+        want = int(model(torch.tensor([ids]))[0, -1].argmax())
         if int(logits[0].argmax()) != want:
             return i
-        feeds = {
-            "tokens": np.array([[want]]),
-            "past": cache,
-            "past_length": np.array([len(ids)], np.int64),
-        }
-        logits, present = session.run(None, feeds)
-        cache[..., len(ids) : len(ids) + 1, :] = present
+        step = {"tokens": np.array([[want]]), "past_length": np.array([len(ids)], np.int64)}
+        logits, present = session.run(None, {**step, **feeds})
         ids.append(want)
     return None
 
@@ -149,7 +163,9 @@ class GptExporter(text_training.TextExporter):
     def fit(self, model: Gpt, run: pipeline.Run) -> pipeline.Trained:
         vocab = model.vocabulary
         train = text_training.tokens_of(run.train, vocab)
-        result = text_training.train_next_char(model, train, run.train_config, run.seed)
+        result = text_training.train_next_char(
+            model, train, run.train_config, run.seed, shift_windows=True
+        )
         validation = text_training.tokens_of(text_training.validation_text(run), vocab)
         nats = validation_nats(model, validation)
         window = min(model.config.context, len(validation) - 1)
@@ -192,7 +208,7 @@ class GptExporter(text_training.TextExporter):
 
 @torch.no_grad()
 def _last_logits(model: Gpt, ids: np.ndarray) -> np.ndarray:
-    return model(torch.from_numpy(ids)[None])[0][0, -1].numpy()
+    return model(torch.from_numpy(ids)[None])[0, -1].numpy()
 
 
 def _card_tokens(context: int) -> int:

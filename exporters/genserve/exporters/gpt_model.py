@@ -72,6 +72,24 @@ def attention_weights(scores: torch.Tensor, softmax_one: bool) -> torch.Tensor:
     return e / (torch.exp(-shift) + e.sum(dim=-1, keepdim=True))
 
 
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, softmax_one: bool
+) -> torch.Tensor:
+    """Whole-window causal attention (B, H, T, D) with PyTorch's fused kernel, for training.
+
+    Softmax + 1 is a softmax over one more key whose score is always 0 and whose
+    value is 0: exp(s_i) / (exp(0) + sum_j exp(s_j)).
+    """
+    if not softmax_one:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    b, h, t, d = q.shape
+    zero = q.new_zeros(b, h, 1, d)
+    sees = torch.ones(t, t + 1, dtype=torch.bool, device=q.device).tril(diagonal=1)
+    return F.scaled_dot_product_attention(
+        q, torch.cat([zero, k], dim=2), torch.cat([zero, v], dim=2), attn_mask=sees
+    )
+
+
 class Block(nn.Module):
     """Pre-norm attention and MLP, each added back to the residual stream."""
 
@@ -88,25 +106,50 @@ class Block(nn.Module):
             nn.Linear(4 * config.width, config.width),
         )
 
-    def forward(
-        self, x: torch.Tensor, past_kv: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, C), past_kv (B, 2, H, P, D), mask (B, 1, T, P + T) bool (True: attend).
-
-        Returns the new x and the new tokens' keys and values (B, 2, H, T, D).
-        """
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, c = x.shape
-        h, d = self.config.heads, self.config.head_dim
         q, k, v = self.qkv(self.norm1(x)).split(c, dim=2)
-        q, k, v = (z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
-        keys = torch.cat([past_kv[:, 0], k], dim=2)  # (B, H, P + T, D)
-        values = torch.cat([past_kv[:, 1], v], dim=2)
-        scores = (q @ keys.transpose(-2, -1)) / math.sqrt(d)  # (B, H, T, P + T)
-        scores = scores.masked_fill(~mask, float("-inf"))
-        y = attention_weights(scores, self.config.softmax_one) @ values  # (B, H, T, D)
+        h, d = self.config.heads, self.config.head_dim
+        return tuple(z.view(b, t, h, d).transpose(1, 2) for z in (q, k, v))  # (B, H, T, D)
+
+    def _rest(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
         x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
-        x = x + self.mlp(self.norm2(x))
-        return x, torch.stack([k, v], dim=1)
+        return x + self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, T, C), every token attending to itself and those before it."""
+        q, k, v = self._qkv(x)
+        return self._rest(x, causal_attention(q, k, v, self.config.softmax_one))
+
+    def step(
+        self,
+        x: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        sees_past: torch.Tensor,
+        sees_new: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """New tokens x (B, T, C) after a cached past (B, H, P, D) each.
+
+        ``sees_past`` (B, 1, 1, P) and ``sees_new`` (1, 1, T, T) are True where a
+        new token attends. Past and new keys are scored as two blocks under one
+        softmax, so the past is only read, never copied. Returns the new x and the
+        new tokens' keys and values (B, H, T, D).
+        """
+        q, k, v = self._qkv(x)
+        q = q * (1.0 / math.sqrt(self.config.head_dim))
+        p = past_key.shape[2]
+        scores = torch.cat(
+            [
+                (q @ past_key.transpose(-2, -1)).masked_fill(~sees_past, float("-inf")),
+                (q @ k.transpose(-2, -1)).masked_fill(~sees_new, float("-inf")),
+            ],
+            dim=-1,
+        )  # (B, H, T, P + T)
+        w = attention_weights(scores, self.config.softmax_one)
+        y = w[..., :p] @ past_value + w[..., p:] @ v
+        return self._rest(x, y), k, v
 
 
 class Gpt(nn.Module):
@@ -122,55 +165,59 @@ class Gpt(nn.Module):
         self.head = nn.Linear(config.width, config.vocab_size)
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        past: torch.Tensor | None = None,
-        past_length: torch.Tensor | None = None,
-        peaks: list[torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """tokens (B, T); past (B, L, 2, H, P, D) and past_length (B,), or None for none.
+        self, tokens: torch.Tensor, peaks: list[torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits (B, T, V) at every position of whole windows ``tokens`` (B, T).
 
-        Returns:
-            logits (B, T, V) at every new position, and the new tokens' keys and
-            values (B, L, 2, H, T, D). With ``peaks`` a list, each block's
-            largest absolute output is appended to it.
+        With ``peaks`` a list, each block's largest absolute output is appended to it.
         """
-        b, t = tokens.shape
-        config = self.config
-        if past is None:
-            past = tokens.new_zeros(
-                (b, config.layers, 2, config.heads, 0, config.head_dim), dtype=torch.float32
-            )
-            past_length = tokens.new_zeros(b)
-        p = past.shape[4]
-        steps = torch.arange(t, device=tokens.device)
-        positions = past_length[:, None] + steps[None]  # (B, T)
-        # Row b, new token i sees past keys j < past_length[b] and new keys j' <= i.
-        sees_past = torch.arange(p)[None, None, :] < past_length[:, None, None]  # (B, 1, P)
-        sees_new = (steps[None, :] <= steps[:, None])[None]  # (1, T, T)
-        mask = torch.cat([sees_past.expand(b, t, p), sees_new.expand(b, t, t)], dim=2)[:, None]
-        x = self.tokens(tokens) + self.positions(positions)  # (B, T, C)
-        present = []
-        for i, block in enumerate(self.blocks):
-            x, kv = block(x, past[:, i], mask)
-            present.append(kv)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.tokens(tokens) + self.positions(positions)[None]
+        for block in self.blocks:
+            x = block(x)
             if peaks is not None:
                 peaks.append(x.detach().abs().amax())
-        return self.head(self.norm(x)), torch.stack(present, dim=1)
+        return self.head(self.norm(x))
+
+    def step(
+        self, tokens: torch.Tensor, past_length: torch.Tensor, past: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """New tokens (B, T) after each row's cached past.
+
+        ``past`` holds each layer's keys then values (B, H, P, D); row b's real
+        past is its first ``past_length[b]`` positions. Returns the logits after
+        each row's last token (B, V) and the new tokens' keys and values
+        (B, L, 2, H, T, D).
+        """
+        t, p = tokens.shape[1], past[0].shape[2]
+        steps = torch.arange(t, device=tokens.device)
+        positions = past_length[:, None] + steps[None]  # (B, T)
+        sees_past = (torch.arange(p)[None, :] < past_length[:, None])[:, None, None]  # (B,1,1,P)
+        sees_new = (steps[None, :] <= steps[:, None])[None, None]  # (1, 1, T, T)
+        x = self.tokens(tokens) + self.positions(positions)
+        present = []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.step(x, past[2 * i], past[2 * i + 1], sees_past, sees_new)
+            present.append(torch.stack([k, v], dim=1))
+        return self.head(self.norm(x[:, -1])), torch.stack(present, dim=1)
+
+
+def past_names(layers: int) -> list[str]:
+    """The graph's cache inputs: each layer's keys, then its values."""
+    return [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
 
 
 class GptStep(nn.Module):
-    """What ``gpt.onnx`` computes: the logits after each row's last token, and the present."""
+    """What ``gpt.onnx`` computes: :meth:`Gpt.step` with the cache as one input per tensor."""
 
     def __init__(self, model: Gpt) -> None:
         super().__init__()
         self.model = model
 
     def forward(
-        self, tokens: torch.Tensor, past: torch.Tensor, past_length: torch.Tensor
+        self, tokens: torch.Tensor, past_length: torch.Tensor, past: tuple[torch.Tensor, ...]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, present = self.model(tokens, past, past_length)
-        return logits[:, -1], present  # (B, V), (B, L, 2, H, T, D)
+        return self.model.step(tokens, past_length, list(past))  # (B, V), (B, L, 2, H, T, D)
 
 
 @torch.no_grad()
@@ -183,5 +230,5 @@ def activation_peaks(model: Gpt, tokens: torch.Tensor) -> list[float]:
 
 def next_token_loss(model: Gpt, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the next token over every position."""
-    logits, _ = model(x)
+    logits = model(x)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))

@@ -61,7 +61,8 @@ def export_onnx(
     Args:
         module: the module to export; put in eval mode.
         example_inputs: one tensor per input, with a batch of at least 2 so the
-            batch axis is not specialised.
+            batch axis is not specialised; a tuple of tensors (one argument of
+            ``forward``) is one input per tensor.
         path: the ``.onnx`` file to write; nothing else is written beside it.
         input_names: graph input names, in the order of ``forward``'s arguments.
         output_names: graph output names, in the order ``forward`` returns them.
@@ -78,12 +79,19 @@ def export_onnx(
     """
     module.eval()
     dims = {"batch": torch.export.Dim("batch", min=1, max=65536)}
-    shapes = []
-    for name in input_names:
+    names = iter(input_names)
+
+    def shape_of(name: str) -> dict:
         shape = {0: dims["batch"]}
         for axis, dim in (axes or {}).get(name, {}).items():
             shape[axis] = dims.setdefault(dim, torch.export.Dim(dim, min=1, max=65536))
-        shapes.append(shape)
+        return shape
+
+    shapes = [
+        tuple(shape_of(next(names)) for _ in example) if isinstance(example, tuple)
+        else shape_of(next(names))
+        for example in example_inputs
+    ]  # fmt: skip
     with _quiet_exporter() as progress:
         torch.onnx.export(
             module,

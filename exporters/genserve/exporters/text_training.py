@@ -124,15 +124,31 @@ def window_batch(
 
 
 def train_next_char(
-    model: nn.Module, tokens: torch.Tensor, config: training.TrainConfig, seed: int
+    model: nn.Module,
+    tokens: torch.Tensor,
+    config: training.TrainConfig,
+    seed: int,
+    *,
+    shift_windows: bool = False,
 ) -> training.TrainResult:
     """Next-character cross-entropy on shuffled windows of ``model.config.context``
-    characters, with the shared loop; ``model(x)`` returns the logits (B, T, V) first."""
+    characters, with the shared loop; ``model(x)`` returns the logits (B, T, V), alone
+    or first of a tuple.
+
+    With ``shift_windows`` each window starts a random 0 to context - 1 characters
+    after its slot, drawn anew every time, so no two epochs see the same windows.
+    """
     context = model.config.context
+    last_start = len(tokens) - context - 1
+    shifts = torch.Generator().manual_seed(seed + 1)
 
     def loss_fn(starts: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        if shift_windows:
+            offsets = torch.randint(0, context, starts.shape, generator=shifts)
+            starts = (starts + offsets).clamp(max=last_start)
         x, y = window_batch(tokens, starts, context)
-        logits = model(x)[0]  # (B, T, V)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out  # (B, T, V)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         return loss, {"nats/char": loss.item()}
 

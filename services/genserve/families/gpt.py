@@ -1,22 +1,24 @@
 """GPT: a character-level transformer, one token per step, its keys and values cached in place.
 
 Every sample is one sequence of the model's step worker. The cache is one
-preallocated array with a row per running sample, each row the size of the
-whole context::
+preallocated array per layer for keys and one for values, with a row per
+running sample, each row the size of the whole context::
 
-    cache (max_running, layers, 2, heads, context, head_dim) float32
+    cache[2 * layer + (0 keys | 1 values)]  (max_running, heads, context, head_dim) float32
 
-A step runs ``gpt.onnx`` (see the exporter's ``gpt_model``):
+A step runs ``gpt.onnx`` (see the exporter's ``gpt_model``), which takes
+each of them as its own input (``past_key_0``, ``past_value_0``, ...):
 
 1. a sample whose row is gone (it finished, or left) frees it: the last row
    moves into the hole, so the rows in use are always the first k, one
    row copy per departure, never per step;
 2. each sample that joins runs its prompt alone with an empty past
    (batch 1, P = 0); its keys and values fill a new row at the end;
-3. the other k samples feed their last token with ``cache[:k]`` as their
-   past (a view: nothing is gathered or concatenated) and their own
-   ``past_length``; the graph returns only the new token's keys and values,
-   written into each row at its position.
+3. the other k samples feed their last token with ``cache[i][:k]`` as their
+   past (views: nothing is gathered or concatenated, in the service or in
+   the graph, which scores past and new keys as two blocks under one
+   softmax) and their own ``past_length``; the graph returns only the new
+   token's keys and values, written into each row at its position.
 
 Every decode step hands the graph the whole context (P = context, later
 positions masked out), so its shapes never depend on how long the other
@@ -49,7 +51,12 @@ class GptModel(TextModel):
         super().__init__(config, context, context_length=length)
         layers, heads, width, _ = self.network.values()
         self._graph = context.open_graph(config, GRAPH)
-        self._cache = np.zeros((self.slots, layers, 2, heads, length, width // heads), np.float32)
+        shape = (self.slots, heads, length, width // heads)
+        self._cache = {
+            f"past_{kind}_{i}": np.zeros(shape, np.float32)
+            for i in range(layers)
+            for kind in ("key", "value")
+        }  # the graph's inputs, in order: each layer's keys, then its values
         self._rows: list[TextSample] = []
         """The sample whose keys and values each cache row holds, in row order."""
 
@@ -78,7 +85,8 @@ class GptModel(TextModel):
                 continue
             last = len(self._rows) - 1
             if row != last:
-                self._cache[row] = self._cache[last]
+                for cache in self._cache.values():
+                    cache[row] = cache[last]
                 self._rows[row] = self._rows[last]
             self._rows.pop()
 
@@ -87,11 +95,13 @@ class GptModel(TextModel):
         row = len(self._rows)
         feeds = {
             "tokens": sample.prompt[None],
-            "past": self._cache[row : row + 1, ..., :0, :],
             "past_length": np.zeros(1, np.int64),
+            **{name: cache[row : row + 1, :, :0] for name, cache in self._cache.items()},
         }
         out = self._graph.run(feeds)
-        self._cache[row, ..., : len(sample.prompt), :] = out["present"][0]
+        present = out["present"][0]  # (layers, 2, heads, T, head_dim)
+        for i, cache in enumerate(self._cache.values()):
+            cache[row, :, : len(sample.prompt)] = present[i // 2, i % 2]
         self._rows.append(sample)
         return out["logits"][0]
 
@@ -101,9 +111,12 @@ class GptModel(TextModel):
         positions = np.array([s.length - 1 for s in going], np.int64)  # of each last token
         feeds = {
             "tokens": np.array([[s.tokens[-1]] for s in going], np.int64),
-            "past": self._cache[:k],
             "past_length": positions,
+            **{name: cache[:k] for name, cache in self._cache.items()},
         }
         out = self._graph.run(feeds)
-        self._cache[np.arange(k), :, :, :, positions, :] = out["present"][:, :, :, :, 0, :]
+        present = out["present"][:, :, :, :, 0]  # (k, layers, 2, heads, head_dim)
+        rows = np.arange(k)
+        for i, cache in enumerate(self._cache.values()):
+            cache[rows, :, positions] = present[:, i // 2, i % 2]
         return out["logits"]
