@@ -82,8 +82,14 @@ def discover(channel: grpc.Channel) -> list[Method]:
     return methods
 
 
-def send(channel: grpc.Channel, method: Method, payload: bytes, timeout_s: float) -> str:
-    """Send raw request bytes; the status code name the caller sees.
+def send(
+    channel: grpc.Channel,
+    method: Method,
+    payload: bytes,
+    timeout_s: float,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> str:
+    """Send raw request bytes (with `metadata`); the status code name the caller sees.
 
     A stream is read up to its first message and then cancelled by the
     caller; that is not a server status, so it counts as OK.
@@ -92,14 +98,18 @@ def send(channel: grpc.Channel, method: Method, payload: bytes, timeout_s: float
     try:
         if method.client_streaming:
             call = channel.stream_stream(method.path, ident, ident)(
-                iter([payload]), timeout=timeout_s
+                iter([payload]), timeout=timeout_s, metadata=metadata
             )
             return _drain(call)
         if method.server_streaming:
             return _drain(
-                channel.unary_stream(method.path, ident, ident)(payload, timeout=timeout_s)
+                channel.unary_stream(method.path, ident, ident)(
+                    payload, timeout=timeout_s, metadata=metadata
+                )
             )
-        channel.unary_unary(method.path, ident, ident)(payload, timeout=timeout_s)
+        channel.unary_unary(method.path, ident, ident)(
+            payload, timeout=timeout_s, metadata=metadata
+        )
         return "OK"
     except grpc.RpcError as exc:
         return exc.code().name

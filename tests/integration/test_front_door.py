@@ -8,8 +8,11 @@ serves TLS, presents its own certificate to the backend, and admits calls by API
 from __future__ import annotations
 
 import json
+import random
 import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +30,11 @@ from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
 from ..certs import Certs, make_certs
+from . import fuzzing
 from .conftest import ROOT
 
 KEY, REVOKED, LIMITED = "key-good", "key-revoked", "key-limited"
+HOSTILE_CALLS = 800
 
 
 @dataclass(frozen=True)
@@ -178,3 +183,45 @@ def test_a_key_revoked_in_the_file_is_refused_without_a_restart(door):
         finally:
             write_keys(door.keys_file)
         assert decode(channel, KEY).images.tensor.shape == [1, 1, 28, 28]
+
+
+HOSTILE_METADATA = [
+    (),
+    (("authorization", "Bearer"),),
+    (("authorization", "bearer  " + KEY),),
+    (("authorization", "Basic " + KEY),),
+    (("authorization", "Bearer " + "k" * 4000),),
+    (("authorization", "Bearer " + KEY), ("x-priority", "urgent")),
+    (("authorization", "Bearer " + KEY), ("x-priority", "h" * 2000)),
+    (("authorization", "Bearer " + KEY), ("x-priority", "low")),
+    (("authorization", "Bearer " + LIMITED),),
+    (("authorization", "Bearer " + REVOKED),),
+]
+"""What a hostile caller puts beside its bytes: no key, malformed, oversized, revoked or
+rate-limited keys, and priorities that are not one."""
+
+
+def test_hostile_bytes_and_credentials_over_tls_are_never_internal(door):
+    rng = random.Random(20261201)
+    with door.channel() as channel:
+        methods = fuzzing.discover(channel)  # reflection needs no key
+        assert {m.path.split("/")[1] for m in methods} >= {
+            "genserve.v1.ModelService", "inference.GRPCInferenceService",
+        }  # fmt: skip
+        valid = list(fuzzing.corpus(methods, ["vae-fashion"]))
+        jobs = []
+        for i in range(HOSTILE_CALLS):
+            if i % 2:
+                method, payload = rng.choice(valid)
+                payload = fuzzing.mutate(rng, payload)
+            else:
+                method, payload = rng.choice(methods), fuzzing.random_bytes(rng)
+            jobs.append((method, payload, rng.choice(HOSTILE_METADATA)))
+        with ThreadPoolExecutor(8) as pool:
+            codes = Counter(
+                pool.map(lambda job: fuzzing.send(channel, job[0], job[1], 5.0, job[2]), jobs)
+            )
+        fuzzing.TALLY.setdefault("gateway (TLS, API keys)", Counter()).update(codes)
+        assert not {"INTERNAL", "UNKNOWN"} & set(codes), codes
+        assert codes["UNAUTHENTICATED"] and codes["RESOURCE_EXHAUSTED"], codes
+        assert decode(channel, KEY).images.tensor.shape == [1, 1, 28, 28]  # still serving
