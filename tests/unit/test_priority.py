@@ -22,6 +22,9 @@ from genserve.runtime.priority import (
     priority_cap,
 )
 
+from .test_batcher import until
+from .test_encoder_batcher import held, text
+
 pytestmark = pytest.mark.unit
 
 
@@ -101,3 +104,20 @@ def test_triton_s_request_priority_maps_onto_the_levels():
     assert [triton_priority(n) for n in (1, 2, 3, 99)] == [
         Priority.HIGH, Priority.NORMAL, Priority.LOW, Priority.LOW,
     ]  # fmt: skip
+
+
+async def test_the_token_batcher_runs_a_high_priority_bucket_before_older_low_ones():
+    gate, graph, batcher, first = await held(max_batch_tokens=16, max_queue_delay_ms=0)
+
+    async def send(length: int, priority: Priority):
+        call_priority.set(priority)
+        return await batcher.submit([text(length)])
+
+    flood = [asyncio.ensure_future(send(3, Priority.LOW)) for _ in range(4)]  # bucket 4
+    await until(lambda: batcher.queue_depth == 4)
+    urgent = asyncio.ensure_future(send(7, Priority.HIGH))  # bucket 8, arrived last
+    await until(lambda: batcher.queue_depth == 5)
+    gate.set()
+    await asyncio.gather(first, urgent, *flood)
+    assert graph.batches[1] == (1, 8), f"runs: {graph.batches}"  # before the older bucket 4
+    await batcher.close()

@@ -4,8 +4,10 @@ The row batcher (:mod:`genserve.runtime.batcher`) counts rows; a text graph's
 cost grows with rows x padded length, so this one counts tokens, the way
 text-embeddings-inference and Infinity do. Every text is one item, padded to
 the smallest of the graph's length buckets that holds it, and waits in its
-bucket's queue. One background task takes the bucket whose first text has
-waited longest, fills a batch from that bucket alone while it stays within
+bucket's queue, highest priority first (:mod:`genserve.runtime.priority`). One
+background task takes the bucket whose first text has the highest priority and,
+among those, has waited longest, fills a batch from that bucket alone (its
+texts in priority order) while it stays within
 ``max_batch_tokens`` padded tokens and ``max_batch_size`` rows (waiting at
 most ``max_queue_delay_ms`` after the first, or, with the adaptive delay,
 until as many texts have joined as recent batches held), runs the graph off
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -38,6 +39,7 @@ import numpy as np
 
 from genserve.runtime import metrics
 from genserve.runtime.batcher import Arrays, BatcherBase, RunBatch, arrival
+from genserve.runtime.priority import Priority, PriorityQueue, call_priority
 from genserve.runtime.schema import BatchPolicy
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class _Text:
     length: int
     deadline: float | None
     future: asyncio.Future
+    priority: Priority = Priority.NORMAL
     enqueued_at: float = field(default_factory=time.monotonic)
 
 
@@ -92,9 +95,7 @@ class TokenBatcher(BatcherBase):
                 f"the longest bucket ({self.buckets[-1]} tokens)"
             )
         self._output = output
-        self._queues: dict[int, collections.deque[_Text]] = {
-            b: collections.deque() for b in self.buckets
-        }
+        self._queues: dict[int, PriorityQueue[_Text]] = {b: PriorityQueue() for b in self.buckets}
         self._waiting = 0
 
     @property
@@ -125,9 +126,9 @@ class TokenBatcher(BatcherBase):
             Unavailable: the batcher is closed.
         """
         self._check_open_and_room(len(texts), "texts")
-        loop = asyncio.get_running_loop()
+        loop, priority = asyncio.get_running_loop(), call_priority.get()
         items = [
-            _Text(ids, bucket_for(len(ids), self.buckets), deadline, loop.create_future())
+            _Text(ids, bucket_for(len(ids), self.buckets), deadline, loop.create_future(), priority)
             for ids in texts
         ]
         for item in items:
@@ -162,10 +163,11 @@ class TokenBatcher(BatcherBase):
         self._set_waiting(0)
         return items
 
-    def _oldest_bucket(self) -> int | None:
-        """The bucket whose first text has waited longest, or None when all are empty."""
-        heads = [(q[0].enqueued_at, b) for b, q in self._queues.items() if q]
-        return min(heads)[1] if heads else None
+    def _next_bucket(self) -> int | None:
+        """The bucket whose first text goes first (the highest priority, then the longest
+        waited), or None when all are empty."""
+        heads = [(h.priority, h.enqueued_at, b) for b, q in self._queues.items() if (h := q.peek())]
+        return min(heads)[2] if heads else None
 
     async def _next_batch(self) -> list[_Text]:
         """Wait for a first live text, then fill from its bucket up to the budget or delay.
@@ -193,20 +195,20 @@ class TokenBatcher(BatcherBase):
         return self._taken(batch)
 
     async def _take_live(self, length: int | None, wait_until: float | None) -> _Text | None:
-        """Pop the next text still worth running, of bucket ``length`` (None: the oldest bucket).
+        """Pop the next text still worth running, of bucket ``length`` (None: the next bucket).
 
         Waits until wait_until (None: for ever) for one to arrive. Texts whose
         caller left or whose deadline passed are dropped here.
         """
         while True:
-            bucket = self._oldest_bucket() if length is None else length
+            bucket = self._next_bucket() if length is None else length
             while bucket is None or not self._queues[bucket]:
                 if self._closed and not self._waiting:
                     return None
                 self._arrived.clear()
                 if not await arrival(self._arrived, wait_until):
                     return None
-                bucket = self._oldest_bucket() if length is None else length
+                bucket = self._next_bucket() if length is None else length
             item = self._queues[bucket].popleft()
             self._set_waiting(self._waiting - 1)
             if self._still_wanted(item):
