@@ -22,7 +22,6 @@ sentences; the card records the count and the minimum cosine::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from genserve.exporters import onnx_export, repository
 from genserve.exporters.data import DatasetMissing
 from genserve.exporters.text_data import load_shakespeare
 from genserve.families.encoder import EncoderTokenizer
-from genserve.runtime.schema import BatchPolicy, Card, GraphSpec, ModelSpec
+from genserve.runtime.schema import BatchPolicy, Card, ModelSpec
 from genserve.runtime.token_batcher import bucket_for, padded
 
 logger = logging.getLogger(__name__)
@@ -261,6 +260,15 @@ def _embed(encoder: SentenceEncoder, batch) -> np.ndarray:
         return encoder(batch["input_ids"], batch["attention_mask"]).numpy()
 
 
+GRAPH_THREADING = {"intra_op_threads": 1, "intra_op_spinning": False}
+"""How the encoder's graph is served: one intra-op thread per run, two runs at once (the
+batching's instances), idle threads asleep rather than spinning. Measured on 2 cores
+through the gateway (docs/benchmarks.md): at 32 callers the family spent 6.45 CPU-ms
+per sentence this way against 7.93 with two runs of two threads and 6.98 with one run of
+two threads; spinning doubled the CPU per call on a machine shared with the gateway and
+clients."""
+
+
 def sections(max_tokens: int, dim: int) -> dict:
     """The config's batching policy, request bound and family parameters."""
     return {
@@ -269,7 +277,7 @@ def sections(max_tokens: int, dim: int) -> dict:
             max_queue_delay_ms=2.0,
             max_queue_size=4096,
             max_batch_tokens=4096,
-            instances=2,  # two runs at once, one thread each (graph_spec): one per core
+            instances=2,  # one run per core, each on one thread (GRAPH_THREADING)
         ),
         "max_num_samples": 128,
         "params": {
@@ -280,19 +288,6 @@ def sections(max_tokens: int, dim: int) -> dict:
             "length_buckets": list(LENGTH_BUCKETS),
         },
     }
-
-
-def graph_spec(onnx_model: onnx.ModelProto, path: Path) -> GraphSpec:
-    """The graph's config entry: one intra-op thread per run, two runs at once (the
-    batching's instances), and idle threads asleep rather than spinning.
-
-    Measured on 2 cores through the gateway (docs/benchmarks.md): at 32 callers the
-    family spent 6.45 CPU-ms per sentence this way against 7.93 with two runs of two
-    threads and 6.98 with one run of two threads; spinning doubled the CPU per call on
-    a machine shared with the gateway and clients.
-    """
-    spec = onnx_export.graph_spec(onnx_model, path)
-    return dataclasses.replace(spec, intra_op_threads=1, intra_op_spinning=False)
 
 
 def export(out: Path, name: str, version: int, command: str, overwrite: bool = False) -> Path:
@@ -336,7 +331,8 @@ def export(out: Path, name: str, version: int, command: str, overwrite: bool = F
             created_utc=repository.utc_now_iso(),
         )
         spec = ModelSpec(
-            name=name, family="encoder", graphs={GRAPH: graph_spec(onnx_model, path)},
+            name=name, family="encoder",
+            graphs={GRAPH: onnx_export.graph_spec(onnx_model, path, **GRAPH_THREADING)},
             card=card, **sections(max_tokens, dim),
         )  # fmt: skip
         repository.write_config(folder, spec)

@@ -193,9 +193,18 @@ def graph_signature(model: onnx.ModelProto) -> dict[str, list[dict]]:
     }
 
 
-def graph_spec(model: onnx.ModelProto, path: Path) -> GraphSpec:
-    """The config's entry for a graph written to ``path``: its file and signature."""
-    return schema.from_json(GraphSpec, {"file": path.name, **graph_signature(model)})
+def graph_spec(
+    model: onnx.ModelProto,
+    path: Path,
+    *,
+    intra_op_threads: int | None = None,
+    intra_op_spinning: bool | None = None,
+) -> GraphSpec:
+    """The config's entry for a graph written to ``path``: its file and signature, and
+    the session threading it is served with where measured to help (None: the process's)."""
+    threading = {"intra_op_threads": intra_op_threads, "intra_op_spinning": intra_op_spinning}
+    given = {k: v for k, v in threading.items() if v is not None}
+    return schema.from_json(GraphSpec, {"file": path.name, **graph_signature(model), **given})
 
 
 def cpu_session(path: Path | str | bytes) -> ort.InferenceSession:

@@ -111,9 +111,8 @@ def export_graphs(model: PixelCnn, folder: Path) -> tuple[dict[str, GraphSpec], 
                 module, example, path, input_names=inputs, output_names=outputs
             )
         diffs[f"{role}_max_abs_diff"] = onnx_export.check_parity(module, path, make_inputs)
-        written[role] = onnx_export.graph_spec(onnx_model, path)
-        if role in SINGLE_THREADED:
-            written[role] = dataclasses.replace(written[role], intra_op_threads=1)
+        threads = 1 if role in SINGLE_THREADED else None
+        written[role] = onnx_export.graph_spec(onnx_model, path, intra_op_threads=threads)
     diffs["fast_vs_whole_max_abs_diff"] = fast_vs_whole(folder, config, image, label)
     batch_sizes = list(onnx_export.PARITY_BATCH_SIZES)
     return written, {"batch_sizes": batch_sizes, "max_abs_diff": max(diffs.values()), **diffs}

@@ -5,8 +5,8 @@ Three levels. A call's priority comes from its ``x-priority`` metadata
 sets :data:`call_priority` for the handler, and the queues read it when the
 call's work is queued. The request batchers (by rows, and by tokens per length
 bucket) take a batch's requests from :class:`PriorityQueue` (the oldest of the
-highest level first), and the step
-scheduler admits waiting sequences by the same levels, so a flood of
+highest level first), and the step scheduler admits waiting sequences by the
+same levels, so a flood of
 low-priority calls delays a high-priority one by at most the batch or step
 already running. The gateway sets the metadata from the caller's API key
 (a key's priority is also the highest its calls may ask for).
