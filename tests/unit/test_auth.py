@@ -22,15 +22,9 @@ from genserve.runtime.errors import STATUS_DETAILS_KEY, ResourceExhausted, Unaut
 from genserve.runtime.interceptors import ServingInterceptor
 from genserve.runtime.priority import call_priority
 
+from .clock import ManualClock
+
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def write_keys(path, *entries) -> None:
@@ -39,7 +33,7 @@ def write_keys(path, *entries) -> None:
 
 @pytest.fixture
 def store(tmp_path):
-    clock = Clock()
+    clock = ManualClock()
     path = tmp_path / "keys.json"
     write_keys(
         path,
@@ -47,9 +41,7 @@ def store(tmp_path):
         {"id": "gone", "sha256": hash_key("key-gone"), "revoked": True},
         {"id": "low", "sha256": hash_key("key-low"), "priority": "low"},
     )
-    keys = KeyStore(path, reload_s=1.0, clock=clock)
-    keys.test_clock = clock
-    return keys
+    return KeyStore(path, reload_s=1.0, clock=clock)
 
 
 @pytest.mark.parametrize(
@@ -75,7 +67,7 @@ def test_the_bucket_refuses_past_its_burst_says_when_to_retry_and_refills(store)
     assert refused.value.wait_s == pytest.approx(0.5)  # 2 calls/s: the next token in 0.5 s
     (retry,) = refused.value.details()
     assert retry.retry_delay.ToNanoseconds() == 500_000_000
-    store.test_clock.now += 0.5
+    store.clock.now += 0.5
     store.take(key)
 
 
@@ -94,12 +86,12 @@ def test_a_changed_file_is_read_again_and_a_broken_one_keeps_the_old_keys(store)
         {"id": "b", "sha256": hash_key("key-b")},
     )
     assert store.authenticate("Bearer key-a").id == "a"  # not looked at before reload_s
-    store.test_clock.now += 1.0
+    store.clock.now += 1.0
     with pytest.raises(Unauthenticated):
         store.authenticate("Bearer key-a")
     assert store.authenticate("Bearer key-b").id == "b"
     store.path.write_text("{not json")
-    store.test_clock.now += 1.0
+    store.clock.now += 1.0
     assert store.authenticate("Bearer key-b").id == "b"
 
 
@@ -177,7 +169,7 @@ async def test_the_interceptor_refuses_counts_and_lets_health_checks_through(sto
             ask = channel.unary_unary("/test.Echo/Priority")
             low = (("authorization", "Bearer key-low"), ("x-priority", "high"))
             assert await ask(b"", metadata=low) == b"LOW"  # the key caps what a call asks
-            store.test_clock.now += 10.0  # key-a's bucket refills
+            store.clock.now += 10.0  # key-a's bucket refills
             lower = (*good, ("x-priority", "low"))
             assert await ask(b"", metadata=lower) == b"LOW"
             assert await ask(b"", metadata=good) == b"NORMAL"

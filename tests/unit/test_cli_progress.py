@@ -23,6 +23,8 @@ from genserve.client.tensors import from_numpy
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc, tensor_pb2
 
+from .clock import ManualClock
+
 H, W = 4, 5  # the fake model's images
 
 
@@ -31,24 +33,14 @@ class _Terminal(io.StringIO):
         return True
 
 
-class _Clock:
-    """A clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now_s = 100.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-
 # The bar.
 
 
 def test_a_terminal_gets_one_line_redrawn_in_place() -> None:
-    stream, clock = _Terminal(), _Clock()
+    stream, clock = _Terminal(), ManualClock()
     bar = ProgressBar(stream, label="diffusion-tiny", clock=clock)
     for step in range(1, 21):
-        clock.now_s += 0.25
+        clock.now += 0.25
         bar.update(step, 20)
     bar.close()
     out = stream.getvalue()
@@ -67,23 +59,23 @@ def test_the_terminal_line_shows_step_percent_elapsed_and_rate() -> None:
 
 
 def test_a_shorter_redraw_blanks_the_rest_of_the_old_line() -> None:
-    stream, clock = _Terminal(), _Clock()
+    stream, clock = _Terminal(), ManualClock()
     bar = ProgressBar(stream, clock=clock)
-    clock.now_s += 1.0
+    clock.now += 1.0
     bar.update(1, 10)  # 1.0 steps/s
-    clock.now_s += 999.0
+    clock.now += 999.0
     bar.update(2, 10)  # 500.0 s/step, 16m40s: longer
-    clock.now_s = 100.5
+    clock.now = 100.5
     bar.update(3, 10)  # 6.0 steps/s, 0.5s: shorter
     drawn = stream.getvalue().split("\r")[1:]
     assert len(drawn[2]) == len(drawn[1]) and drawn[2].rstrip() == bar_line(3, 10, 0.5)
 
 
 def test_a_log_gets_a_plain_line_per_tenth_and_the_end() -> None:
-    stream, clock = io.StringIO(), _Clock()  # not a terminal
+    stream, clock = io.StringIO(), ManualClock()  # not a terminal
     bar = ProgressBar(stream, label="pixelcnn", clock=clock)
     for step in range(1, 785):
-        clock.now_s += 0.01
+        clock.now += 0.01
         bar.update(step, 784)
     bar.close()
     lines = stream.getvalue().splitlines()

@@ -17,17 +17,9 @@ from genserve.runtime.scheduler import (
     StepScheduler,
 )
 
+from .clock import ManualClock
+
 pytestmark = pytest.mark.unit
-
-
-class Clock:
-    """A clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def seq(name: str, steps: int, **options) -> Sequence:
@@ -109,7 +101,7 @@ def test_a_higher_priority_joins_first_then_arrival_order():
 
 
 def test_a_sequence_whose_deadline_passes_leaves_at_the_next_step():
-    clock = Clock()
+    clock = ManualClock()
     scheduler = StepScheduler(StepPolicy(max_running=2), clock=clock)
     slow = seq("slow", 100, deadline=clock.now + 5)
     queued = seq("queued", 1, deadline=clock.now + 5)
@@ -173,7 +165,7 @@ def test_request_admission_lets_waiters_join_once_the_running_ones_are_aborted()
 
 
 def test_request_admission_still_drops_an_expired_waiter_at_the_next_step():
-    clock = Clock()
+    clock = ManualClock()
     scheduler = StepScheduler(StepPolicy(max_running=2, admission="request"), clock=clock)
     scheduler.add(seq("long", 10))
     step(scheduler)

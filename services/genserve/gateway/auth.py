@@ -347,6 +347,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             ask_priority(call_priority.get())
             return key
 
+        def streaming(behavior):
+            """A streaming behavior that holds one of the key's stream places while it runs."""
+
+            async def holding(request_or_requests, context):
+                key = admit()
+                with store.stream(key):
+                    async for response in behavior(request_or_requests, context):
+                        yield response
+
+            return holding
+
         if handler.unary_unary is not None:
             behavior = handler.unary_unary
 
@@ -365,24 +376,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                         await behavior(request, context)
 
                 return handler._replace(unary_stream=writes)
-
-            async def unary_stream(request, context):
-                key = admit()
-                with store.stream(key):
-                    async for response in behavior(request, context):
-                        yield response
-
-            return handler._replace(unary_stream=unary_stream)
+            return handler._replace(unary_stream=streaming(behavior))
         if handler.stream_stream is not None:
-            behavior = handler.stream_stream
-
-            async def stream_stream(requests, context):
-                key = admit()
-                with store.stream(key):
-                    async for response in behavior(requests, context):
-                        yield response
-
-            return handler._replace(stream_stream=stream_stream)
+            return handler._replace(stream_stream=streaming(handler.stream_stream))
         return handler
 
 
