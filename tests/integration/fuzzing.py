@@ -29,6 +29,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 _EXTREME_INTS = (0, 1, -1, 2**31 - 1, -(2**31), 2**32 - 1, 2**63 - 1, -(2**63), 2**64 - 1)
@@ -124,6 +125,18 @@ def _drain(call) -> str:
         call.cancel()
         break
     return "OK"
+
+
+def fixed_examples(calls: int) -> settings:
+    """Hypothesis settings for `calls` reproducible examples against live processes: the
+    same examples every run, no deadline per example, no example database."""
+    return settings(
+        max_examples=calls,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 def random_bytes(rng: random.Random) -> bytes:

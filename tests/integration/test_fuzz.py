@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from genserve.client import Client
@@ -100,13 +100,7 @@ def test_hypothesis_requests_are_never_internal(process):
     }
     codes: list[str] = []
 
-    @settings(
-        max_examples=HYPOTHESIS_CALLS,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzzing.fixed_examples(HYPOTHESIS_CALLS)
     @given(st.data())
     def one_call(data) -> None:
         method = data.draw(st.sampled_from(methods))

@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
@@ -416,13 +416,7 @@ def test_fuzzed_oip_calls_are_never_internal_or_unknown(gateway, client):
             payload = fuzzing.mutate(rng, rng.choice(valid_requests()))
             codes.append(fuzzing.send(channel, rng.choice(infer), payload, FUZZ_TIMEOUT_S))
 
-        @settings(
-            max_examples=FUZZ_CALLS,
-            deadline=None,
-            derandomize=True,
-            database=None,
-            suppress_health_check=list(HealthCheck),
-        )
+        @fuzzing.fixed_examples(FUZZ_CALLS)
         @given(st.data())
         def one_call(data) -> None:
             method = data.draw(st.sampled_from(methods))
