@@ -20,6 +20,8 @@ import asyncio
 import ipaddress
 import json
 import math
+import random
+import struct
 import sys
 import time
 from collections import Counter
@@ -29,9 +31,11 @@ from typing import Any
 
 import grpc
 
-from genserve.v1 import model_service_pb2, model_service_pb2_grpc
+from genserve.v1 import model_service_pb2, model_service_pb2_grpc, tensor_pb2
 
-CALLS = ("generate", "describe")
+CALLS = ("generate", "decode", "describe")
+_DECODE_REQUESTS = 64
+"""Distinct Decode requests a run cycles through (each a different latent code)."""
 _CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1)]
 _LOCAL_NAMES = ("localhost", "ip6-localhost")
 
@@ -98,26 +102,48 @@ def is_loopback_target(target: str) -> bool:
         return False
 
 
-def _make_call(
+def _decode_requests(model: str, num_samples: int, latent_dim: int) -> list[Any]:
+    """Decode requests of `num_samples` standard-normal latent codes each."""
+    requests = []
+    for i in range(_DECODE_REQUESTS):
+        draw = random.Random(i)
+        values = [draw.gauss(0.0, 1.0) for _ in range(num_samples * latent_dim)]
+        latents = tensor_pb2.Tensor(
+            dtype=tensor_pb2.DATA_TYPE_FLOAT32,
+            shape=[num_samples, latent_dim],
+            data=struct.pack(f"<{len(values)}f", *values),
+        )
+        requests.append(model_service_pb2.DecodeRequest(model_name=model, latents=latents))
+    return requests
+
+
+async def _make_call(
     stub: model_service_pb2_grpc.ModelServiceStub,
     call: str,
     model: str,
     num_samples: int,
     timeout_s: float,
+    metadata: Sequence[tuple[str, str]],
 ) -> Call:
     """A coroutine function that sends request number `i` of the chosen kind."""
+    options = {"timeout": timeout_s, "metadata": tuple(metadata)}
     if call == "generate":
 
         def send(i: int) -> Awaitable[Any]:
             request = model_service_pb2.GenerateRequest(
                 model_name=model, num_samples=num_samples, seed=i
             )
-            return stub.Generate(request, timeout=timeout_s)
+            return stub.Generate(request, **options)
 
         return send
+    if call == "decode":
+        described = model_service_pb2.DescribeModelRequest(model_name=model)
+        info = (await stub.DescribeModel(described, **options)).info
+        requests = _decode_requests(model, num_samples, info.latent_dim)
+        return lambda i: stub.Decode(requests[i % len(requests)], **options)
     if call == "describe":
         request = model_service_pb2.DescribeModelRequest(model_name=model)
-        return lambda i: stub.DescribeModel(request, timeout=timeout_s)
+        return lambda i: stub.DescribeModel(request, **options)
     raise ValueError(f"call must be one of {', '.join(CALLS)}, got {call!r}")
 
 
@@ -201,6 +227,7 @@ async def run_load_async(
     warmup_requests: int = 0,
     warmup_s: float = 0.0,
     timeout_s: float = 30.0,
+    metadata: Sequence[tuple[str, str]] = (),
     allow_remote: bool = False,
 ) -> dict[str, Any]:
     """Load `target` with closed-loop calls and report throughput, latency and errors.
@@ -208,14 +235,16 @@ async def run_load_async(
     Args:
         target: gRPC target, e.g. "127.0.0.1:50051".
         model: The model name to call.
-        call: "generate" (Generate with `num_samples`) or "describe" (DescribeModel).
-        num_samples: Samples per Generate request.
+        call: "generate" (Generate with `num_samples`), "decode" (Decode of
+            `num_samples` latent codes) or "describe" (DescribeModel).
+        num_samples: Samples per Generate or Decode request.
         concurrency: Requests in flight at once (one worker each).
         requests: Stop after this many requests.
         duration_s: Stop sending after this many seconds.
         warmup_requests: Uncounted requests sent first.
         warmup_s: Uncounted seconds of load sent first (after warmup_requests).
         timeout_s: Deadline of each call.
+        metadata: Sent with every call, e.g. an authorization header.
         allow_remote: Allow a target that is not on loopback.
 
     Returns:
@@ -229,7 +258,7 @@ async def run_load_async(
     _validate(target, concurrency, requests, duration_s, allow_remote)
     async with grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        send = _make_call(stub, call, model, num_samples, timeout_s)
+        send = await _make_call(stub, call, model, num_samples, timeout_s, metadata)
         if warmup_requests > 0:
             await _phase(send, concurrency, warmup_requests, None)
         if warmup_s > 0:

@@ -33,9 +33,10 @@ CONFIG_KEYS = [
 def _signatures(latent_dim: int) -> dict:
     image = {"name": "image", "dtype": "float32", "shape": [-1, 1, 28, 28]}
     latent = {"name": "latent", "dtype": "float32", "shape": [-1, latent_dim]}
+    threads = {"intra_op_threads": 1}
     return {
-        "encoder": {"file": "encoder.onnx", "inputs": [image], "outputs": [latent]},
-        "decoder": {"file": "decoder.onnx", "inputs": [latent], "outputs": [image]},
+        "encoder": {"file": "encoder.onnx", "inputs": [image], "outputs": [latent], **threads},
+        "decoder": {"file": "decoder.onnx", "inputs": [latent], "outputs": [image], **threads},
     }
 
 

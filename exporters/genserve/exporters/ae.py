@@ -143,7 +143,9 @@ def export_graphs(
             module, (example,), path, input_names=[input_name], output_names=[output_name]
         )
         worst = max(worst, onnx_export.check_parity(module, path, make_inputs[graph]))
-        graphs[graph] = onnx_export.graph_spec(onnx_model, path)
+        graphs[graph] = onnx_export.graph_spec(
+            onnx_model, path, intra_op_threads=onnx_export.SMALL_GRAPH_THREADS
+        )
     parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
     return graphs, parity
 

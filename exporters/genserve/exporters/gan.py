@@ -178,7 +178,8 @@ def export_generator(
             generator, tuple(example), path, input_names=inputs, output_names=["image"]
         )
     worst = onnx_export.check_parity(generator, path, make_inputs)
-    graphs = {GRAPH: onnx_export.graph_spec(onnx_model, path)}
+    threads = onnx_export.SMALL_GRAPH_THREADS
+    graphs = {GRAPH: onnx_export.graph_spec(onnx_model, path, intra_op_threads=threads)}
     parity = {"batch_sizes": list(onnx_export.PARITY_BATCH_SIZES), "max_abs_diff": worst}
     return graphs, parity
 

