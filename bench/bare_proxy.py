@@ -18,7 +18,7 @@ import signal
 
 import grpc
 
-from genserve.runtime.server import run_process
+from genserve.server.server import run_process
 
 
 def _same(data: bytes) -> bytes:

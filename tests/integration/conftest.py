@@ -24,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from genserve.client import Client, GenserveError
@@ -72,6 +74,25 @@ def wait_for(predicate, timeout_s: float = 15.0) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+def wait_serving(channel: grpc.Channel, timeout_s: float = 120.0) -> None:
+    """Watch the process's health until it says SERVING (an event, not a poll)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(), timeout=deadline - time.monotonic()
+            )
+            for answer in watch:
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    watch.cancel()
+                    return
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                break
+            grpc.channel_ready_future(channel).result(timeout=deadline - time.monotonic())
+    raise AssertionError("the process never became SERVING")
 
 
 def status_name(exc: Exception) -> str:

@@ -20,7 +20,6 @@ import grpc
 import numpy as np
 import pytest
 from google.rpc import error_details_pb2, status_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from genserve.client.tensors import from_numpy
 from genserve.gateway.auth import hash_key
@@ -31,7 +30,7 @@ from genserve.v1 import model_service_pb2_grpc
 
 from ..certs import Certs, make_certs
 from . import fuzzing
-from .conftest import ROOT
+from .conftest import ROOT, wait_serving
 
 KEY, REVOKED, LIMITED = "key-good", "key-revoked", "key-limited"
 HOSTILE_CALLS = 800
@@ -61,25 +60,6 @@ def write_keys(path: Path, revoked: tuple[str, ...] = ()) -> None:
         if entry["id"] in revoked:
             entry["revoked"] = True
     path.write_text(json.dumps({"keys": entries}, indent=1))
-
-
-def wait_serving(channel: grpc.Channel, timeout_s: float = 120.0) -> None:
-    """Watch the process's health until it says SERVING (an event, not a poll)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(
-                health_pb2.HealthCheckRequest(), timeout=deadline - time.monotonic()
-            )
-            for answer in watch:
-                if answer.status == health_pb2.HealthCheckResponse.SERVING:
-                    watch.cancel()
-                    return
-        except grpc.RpcError as exc:
-            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                break
-            grpc.channel_ready_future(channel).result(timeout=deadline - time.monotonic())
-    raise AssertionError("the process never became SERVING")
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,19 @@ Two replicas of a family service share a model repository behind one gateway.
 - Diffusion streams served by both replicas are running when one replica is
   killed: each stream on it ends with UNAVAILABLE well within its deadline
   (not DEADLINE_EXCEEDED, so it did not hang), and the others finish normally.
+
+Both run twice: in plaintext, and with the front door on (TLS to the gateway,
+mutual TLS from the gateway to the replicas, every call carrying an API key).
 """
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -24,23 +29,25 @@ import grpc
 import pytest
 import tritonclient.grpc as triton
 
-from genserve.runtime.supervisor import Supervisor
+from genserve.client import Client
+from genserve.gateway.auth import hash_key
+from genserve.runtime.supervisor import Supervisor, free_ports, python_module_command
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 
+from ..certs import Certs, make_certs
 from .conftest import (
     TINY,
     Caller,
     Load,
     Started,
     diffusion_request,
-    model_service_caller,
     scrape,
-    start,
     status_name,
     total,
     train_tiny_diffusion,
     wait_for,
+    wait_serving,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,18 +61,97 @@ STREAM_DEADLINE_S = 60.0
 """Each stream's deadline: a stream that hangs on the killed replica ends DEADLINE_EXCEEDED."""
 
 
+@dataclass(frozen=True)
+class Door:
+    """How callers reach the gateway and the gateway its replicas: plaintext, or TLS
+    with an API key on every call and mutual TLS to the replicas."""
+
+    certs: Certs | None = None
+    keys_file: Path | None = None
+
+    @classmethod
+    def secure(cls, folder: Path) -> Door:
+        keys_file = folder / "keys.json"
+        keys_file.write_text(json.dumps({"keys": [{"id": "load", "sha256": hash_key(KEY)}]}))
+        return cls(make_certs(folder), keys_file)
+
+    def replica_flags(self) -> list[str]:
+        if self.certs is None:
+            return []
+        c = self.certs
+        return [
+            "--tls-cert", str(c.server_cert), "--tls-key", str(c.server_key),
+            "--tls-client-ca", str(c.ca),
+        ]  # fmt: skip
+
+    def gateway_flags(self) -> list[str]:
+        if self.certs is None:
+            return []
+        c = self.certs
+        return [
+            "--tls-cert", str(c.server_cert), "--tls-key", str(c.server_key),
+            "--backend-tls-ca", str(c.ca), "--backend-tls-cert", str(c.client_cert),
+            "--backend-tls-key", str(c.client_key), "--api-keys", str(self.keys_file),
+        ]  # fmt: skip
+
+    def target(self, port: int) -> str:
+        """The name the certificates are for, on TLS; the loopback address otherwise."""
+        return f"{'localhost' if self.certs else '127.0.0.1'}:{port}"
+
+    def credentials(self, client_cert: bool = False) -> grpc.ChannelCredentials | None:
+        if self.certs is None:
+            return None
+        c = self.certs
+        chain = c.client_cert.read_bytes() if client_cert else None
+        key = c.client_key.read_bytes() if client_cert else None
+        return grpc.ssl_channel_credentials(c.ca.read_bytes(), key, chain)
+
+    def channel(self, target: str, client_cert: bool = False) -> grpc.Channel:
+        credentials = self.credentials(client_cert)
+        if credentials is None:
+            return grpc.insecure_channel(target)
+        return grpc.secure_channel(target, credentials)
+
+    @property
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {KEY}")] if self.keys_file else []
+
+
+KEY = "replica-kill-key"
+DOORS = {"plaintext": lambda folder: Door(), "tls-keys": Door.secure}
+
+
+@pytest.fixture(params=sorted(DOORS))
+def door(request, tmp_path) -> Door:
+    return DOORS[request.param](tmp_path)
+
+
+def _start(sup: Supervisor, door: Door, module: str, *args: str, client_cert: bool) -> Started:
+    """`python -m module` on free loopback ports, once it says SERVING over `door`."""
+    port, metrics_port = free_ports(2)
+    argv = python_module_command(
+        module, "--port", str(port), "--metrics-port", str(metrics_port), *args
+    )
+    child = sup.start(f"{module}-{port}", argv)
+    target = door.target(port)
+    with door.channel(target, client_cert) as channel:
+        wait_serving(channel)
+    return Started(child, target, f"http://127.0.0.1:{metrics_port}/metrics")
+
+
 @contextmanager
 def replicas_behind_gateway(
-    log_dir: Path, family: str, repo: Path
+    log_dir: Path, family: str, repo: Path, door: Door
 ) -> Iterator[tuple[list[Started], str]]:
     """Two `family` replicas over `repo` and a gateway to both; yields them and its target."""
     with Supervisor(log_dir=log_dir, grace_s=5) as sup:
+        family_args = ["--family", family, "--models", str(repo), *door.replica_flags()]
         replicas = [
-            start(sup, "genserve.families", "--family", family, "--models", str(repo))
-            for _ in range(2)
+            _start(sup, door, "genserve.families", *family_args, client_cert=True) for _ in range(2)
         ]
         backends = [arg for replica in replicas for arg in ("--backend", replica.target)]
-        gateway = start(sup, "genserve.gateway", *backends, "--refresh-s", "0.5")
+        gateway_args = [*backends, "--refresh-s", "0.5", *door.gateway_flags()]
+        gateway = _start(sup, door, "genserve.gateway", *gateway_args, client_cert=False)
         yield replicas, gateway.target
 
 
@@ -81,24 +167,35 @@ def served_calls(replica: Started, method: str) -> float:
 
 
 @contextmanager
-def oip_caller(target: str) -> Iterator[Callable[[], bytes]]:
+def oip_caller(target: str, door: Door) -> Iterator[Callable[[], bytes]]:
     """The stock tritonclient and a seeded OIP infer of the tiny VAE's images."""
     settings = {"num_samples": SAMPLES, "seed": SEED}
-    with triton.InferenceServerClient(target) as client:
+    tls = {"ssl": True, "root_certificates": str(door.certs.ca)} if door.certs else {}
+    headers = dict(door.metadata)
+    with triton.InferenceServerClient(target, **tls) as client:
 
         def call() -> bytes:
-            result = client.infer(TINY, [], parameters=settings, client_timeout=10)
+            result = client.infer(TINY, [], parameters=settings, headers=headers, client_timeout=10)
             return result.as_numpy("images").tobytes()
 
         yield call
 
 
-def test_kill_9_of_a_replica_fails_no_call_through_either_protocol(tiny_repo, tmp_path):
-    with replicas_behind_gateway(tmp_path / "logs", "vae", tiny_repo) as (replicas, gateway):
+@contextmanager
+def model_service_caller(target: str, door: Door) -> Iterator[Callable[[], bytes]]:
+    """genserve's Client (no retries of its own) and a seeded Generate of the tiny VAE."""
+    options = {"metadata": door.metadata, "credentials": door.credentials()}
+    with Client(target, timeout_s=10, retries=0, **options) as client:
+        yield lambda: client.generate(TINY, SAMPLES, seed=SEED).images.tobytes()
+
+
+def test_kill_9_of_a_replica_fails_no_call_through_either_protocol(tiny_repo, tmp_path, door):
+    logs = tmp_path / "logs"
+    with replicas_behind_gateway(logs, "vae", tiny_repo, door) as (replicas, gateway):
         callers = []
         for label, connect in (
-            ("ModelService", partial(model_service_caller, gateway, TINY, SAMPLES, SEED)),
-            ("OIP", partial(oip_caller, gateway)),
+            ("ModelService", partial(model_service_caller, gateway, door)),
+            ("OIP", partial(oip_caller, gateway, door)),
         ):
             with connect() as call:
                 callers.append(Caller(label, connect, call()))
@@ -118,9 +215,11 @@ def test_kill_9_of_a_replica_fails_no_call_through_either_protocol(tiny_repo, tm
 class Stream:
     """One GenerateStream read on a thread of its own: its events and how it ended."""
 
-    def __init__(self, stub: model_service_pb2_grpc.ModelServiceStub, seed: int) -> None:
+    def __init__(
+        self, stub: model_service_pb2_grpc.ModelServiceStub, seed: int, metadata: list
+    ) -> None:
         request = pb.GenerateStreamRequest(request=diffusion_request(DIFFUSION, seed, STREAM_STEPS))
-        self.call = stub.GenerateStream(request, timeout=STREAM_DEADLINE_S)
+        self.call = stub.GenerateStream(request, timeout=STREAM_DEADLINE_S, metadata=metadata)
         self.events: queue.Queue = queue.Queue()
         self.started = threading.Event()
         self.code: str | None = None
@@ -157,15 +256,13 @@ def diffusion_repo(tmp_path_factory) -> Path:
 
 
 def test_streams_on_a_killed_replica_end_unavailable_and_the_others_finish(
-    diffusion_repo, tmp_path
+    diffusion_repo, tmp_path, door
 ):
-    with replicas_behind_gateway(tmp_path / "logs", "diffusion", diffusion_repo) as (
-        replicas,
-        gateway,
-    ):
-        with grpc.insecure_channel(gateway) as channel:
+    logs = tmp_path / "logs"
+    with replicas_behind_gateway(logs, "diffusion", diffusion_repo, door) as (replicas, gateway):
+        with door.channel(gateway) as channel:
             stub = model_service_pb2_grpc.ModelServiceStub(channel)
-            streams = [Stream(stub, seed) for seed in range(STREAMS)]
+            streams = [Stream(stub, seed, door.metadata) for seed in range(STREAMS)]
             # Every stream has sent an event (so the gateway can no longer retry
             # it elsewhere) and each replica holds some of them.
             assert all(s.started.wait(STREAM_DEADLINE_S) for s in streams)

@@ -19,8 +19,8 @@ from genserve.gateway.auth import (
     parse_keys,
 )
 from genserve.runtime.errors import STATUS_DETAILS_KEY, ResourceExhausted, Unauthenticated
-from genserve.runtime.interceptors import ServingInterceptor
 from genserve.runtime.priority import call_priority
+from genserve.server.interceptors import ServingInterceptor
 
 from .clock import ManualClock
 

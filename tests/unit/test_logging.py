@@ -7,8 +7,8 @@ import logging
 
 import pytest
 
-from genserve.runtime.interceptors import request_id
-from genserve.runtime.logs import LOG_FORMAT_ENV, setup_logging
+from genserve.server.interceptors import request_id
+from genserve.server.logs import LOG_FORMAT_ENV, setup_logging
 
 pytestmark = pytest.mark.unit
 

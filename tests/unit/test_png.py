@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from genserve.runtime import png
+from genserve.server import png
 
 pytestmark = pytest.mark.unit
 

@@ -14,8 +14,8 @@ from genserve.runtime.errors import Unavailable
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.repository import ModelConfig, fingerprint
-from genserve.runtime.servicer import FamilyServicer
 from genserve.runtime.session import SessionOptions
+from genserve.server.servicer import FamilyServicer
 from genserve.v1 import model_service_pb2 as pb
 
 from .test_repository import write_version

@@ -13,19 +13,19 @@ from typing import Any
 from genserve.families import FAMILIES, model_class
 from genserve.runtime.batcher import BatchPolicy
 from genserve.runtime.limits import add_limit_flags
-from genserve.runtime.logs import add_logging_flags, setup_logging_from
 from genserve.runtime.model import LoadContext
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.scheduler import Admission, StepPolicy
-from genserve.runtime.server import (
+from genserve.runtime.session import SessionOptions
+from genserve.server.logs import add_logging_flags, setup_logging_from
+from genserve.server.server import (
     ServerConfig,
     add_tls_flags,
     run_process,
     serve,
     server_config_from,
 )
-from genserve.runtime.servicer import FamilyServicer
-from genserve.runtime.session import SessionOptions
+from genserve.server.servicer import FamilyServicer
 
 logger = logging.getLogger("genserve.families")
 

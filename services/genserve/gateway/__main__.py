@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -13,9 +14,10 @@ from genserve.gateway.auth import AuthInterceptor, KeyFileError, KeyStore, parse
 from genserve.gateway.backends import BackendPool, BackendTls, PoolConfig
 from genserve.gateway.oip import OipServicer
 from genserve.gateway.servicer import ForwardConfig, GatewayServicer
+from genserve.gateway.workers import WORKER_INDEX_FLAG, Workers
 from genserve.runtime.limits import add_limit_flags
-from genserve.runtime.logs import add_logging_flags, setup_logging_from
-from genserve.runtime.server import (
+from genserve.server.logs import add_logging_flags, setup_logging_from
+from genserve.server.server import (
     ServerConfig,
     add_tls_flags,
     run_process,
@@ -60,6 +62,14 @@ class GatewayConfig:
     """The API keys file; None lets every caller in."""
     api_keys_reload_s: float = 2.0
     """How often, at most, the keys file is looked at for changes."""
+    workers: int = 1
+    """Processes sharing the port (see `workers.py`); 1 serves in this process."""
+    worker_index: int | None = None
+    """Which worker this process is, when a parent started it."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {self.workers}")
 
 
 def _add_failover_flags(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=50051)
     parser.add_argument("--metrics-port", type=int, default=0, help="0 serves no /metrics")
     parser.add_argument("--grace-s", type=float, default=10.0)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the port (SO_REUSEPORT), one core's worth each; worker i "
+        "serves /metrics on --metrics-port + i (default 1)",
+    )
+    parser.add_argument(WORKER_INDEX_FLAG, type=int, help=argparse.SUPPRESS)
     _add_failover_flags(parser)
     add_logging_flags(parser)
     add_limit_flags(parser)
@@ -120,14 +138,21 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
     Raises:
         ValueError: a bound is out of range, or a TLS or keys file is missing or wrong.
     """
+    server = server_config_from(args)
+    if args.workers > 1:
+        index = args.worker_index or 0
+        metrics_port = server.metrics_port + index if server.metrics_port else 0
+        server = dataclasses.replace(server, reuse_port=True, metrics_port=metrics_port)
     return GatewayConfig(
         targets=tuple(args.backend),
-        server=server_config_from(args),
+        server=server,
         pool=_config_from(PoolConfig, args),
         forward=_config_from(ForwardConfig, args),
         backend_tls=_backend_tls(args),
         api_keys=_checked_keys_file(args.api_keys),
         api_keys_reload_s=args.api_keys_reload_s,
+        workers=args.workers,
+        worker_index=args.worker_index,
     )
 
 
@@ -189,7 +214,11 @@ async def run(config: GatewayConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_process(run(parse_args(argv)))
+    argv = sys.argv[1:] if argv is None else argv
+    config = parse_args(argv)
+    if config.workers > 1 and config.worker_index is None:
+        sys.exit(Workers(argv, config.workers).run())
+    run_process(run(config))
 
 
 if __name__ == "__main__":

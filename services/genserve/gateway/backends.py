@@ -42,7 +42,7 @@ from genserve.v1 import model_service_pb2_grpc
 logger = logging.getLogger(__name__)
 
 MIN_KEEPALIVE_S = 0.5
-"""Family services take pings at most this often (runtime/server.py's ping options)."""
+"""Family services take pings at most this often (server/server.py's ping options)."""
 _INITIAL_RECONNECT_BACKOFF_S = 0.1
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _POSITIVE_FIELDS = (

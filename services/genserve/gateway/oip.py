@@ -43,9 +43,9 @@ from genserve.gateway.servicer import Forwarder
 from genserve.inference import grpc_service_pb2 as oip
 from genserve.inference import grpc_service_pb2_grpc
 from genserve.runtime.errors import GenserveError, InvalidArgument, Unavailable, Unimplemented
-from genserve.runtime.interceptors import request_id
 from genserve.runtime.limits import Limits, shown
 from genserve.runtime.priority import ask_priority
+from genserve.server.interceptors import request_id
 from genserve.v1 import model_service_pb2 as pb
 
 logger = logging.getLogger(__name__)

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 import grpc
 
 from genserve.gateway.backends import Backend, BackendPool
-from genserve.runtime import convert, metrics
+from genserve.runtime import metrics
 from genserve.runtime.errors import Forwarded, InvalidArgument, NotFound, Unavailable
-from genserve.runtime.interceptors import REQUEST_ID_KEY, request_id
 from genserve.runtime.limits import Limits
 from genserve.runtime.priority import PRIORITY_KEY, call_priority
+from genserve.server import convert
+from genserve.server.interceptors import REQUEST_ID_KEY, request_id
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc
 

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from genserve.client import tensors
-from genserve.runtime import convert, errors, metrics
+from genserve.runtime import errors, metrics
 from genserve.runtime.limits import Limits
 from genserve.runtime.model import (
     COMPLETE,
@@ -31,6 +31,7 @@ from genserve.runtime.model import (
 )
 from genserve.runtime.registry import ModelRegistry
 from genserve.runtime.tokens import FinishReason
+from genserve.server import convert
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc, tensor_pb2
 

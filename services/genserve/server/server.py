@@ -25,8 +25,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from genserve.runtime import memory, metrics
-from genserve.runtime.interceptors import KnownModels, ServingInterceptor
 from genserve.runtime.limits import Limits, limits_from, raise_fd_limit
+from genserve.server.interceptors import KnownModels, ServingInterceptor
 from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ MODEL_HEALTH_POLL_S = 0.5
 """How often per-model health statuses are brought up to date."""
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 _TRANSPORT_OPTIONS = [
-    ("grpc.so_reuseport", 0),
     # HTTP/2 bandwidth-delay probing triples the CPU a large message costs to
     # receive (4 MiB: 12.9 -> 4.2 ms on loopback, docs/limits.md); on a
     # cluster network the default windows are enough.
@@ -129,6 +128,9 @@ class ServerConfig:
     """Bounds on messages, calls and connections."""
     tls: TlsFiles | None = None
     """Serve the gRPC port over TLS (mutual with a client CA); None for plaintext."""
+    reuse_port: bool = False
+    """Share the port with other processes that ask the same (SO_REUSEPORT; the gateway's
+    workers). Off, a second process on a taken port fails to start, as it should."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -229,6 +231,7 @@ async def serve(
             their errors to status codes and counts their refusals).
     """
     options = [*config.limits.grpc_options(), *_TRANSPORT_OPTIONS]
+    options.append(("grpc.so_reuseport", int(config.reuse_port)))
     options += [  # take the gateway's keepalive pings (every 1 s by default), even between calls
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 500),

@@ -14,10 +14,10 @@ import numpy as np
 from PIL import Image
 
 from genserve.client import tensors
-from genserve.runtime import png
 from genserve.runtime.errors import InvalidArgument
 from genserve.runtime.limits import Limits
 from genserve.runtime.model import GenerateParams, SamplerParams, ServedModel
+from genserve.server import png
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import tensor_pb2
 

@@ -13,7 +13,7 @@ import os
 import sys
 from datetime import datetime, timezone
 
-from genserve.runtime.interceptors import RequestIdFilter
+from genserve.server.interceptors import RequestIdFilter
 
 LOG_FORMATS = ("text", "json")
 LOG_FORMAT_ENV = "GENSERVE_LOG_FORMAT"
