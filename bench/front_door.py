@@ -11,7 +11,8 @@ vae-fashion at each concurrency, direct to the family service and through
 the gateway, the trees taking turns cell by cell and each round rotating who
 goes first. A bare proxy (`bench/bare_proxy.py`: bytes in, bytes out, nothing
 else) in front of the after tree's family service is measured beside the
-gateways: what one gRPC hop in Python costs with no work of genserve's in it.
+gateways: what one gRPC hop in Python costs with no work of genserve's in it;
+so is the after gateway with `--no-relay` (one RPC per forwarded call).
 
 A cell reports req/s and latency (its median round by req/s) and each
 process's CPU-ms per call: the process's own user+system CPU time over the
@@ -42,6 +43,8 @@ from genserve.gateway.auth import hash_key
 from genserve.runtime.supervisor import ChildProcess, Supervisor, free_ports, python_module_command
 
 PATHS = ("direct", "gateway")
+NO_RELAY = "after, no relay"
+"""The after tree's gateway with --no-relay, in front of the after tree's family service."""
 _API_KEY = "front-door-benchmark-key"
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +76,7 @@ class Deployment:
     """A family service and what stands in front of it."""
 
     label: str
-    """"before", "after" or "bare proxy"."""
+    """"before", "after", "after, no relay" or "bare proxy"."""
     service: ChildProcess
     service_target: str
     gateway: ChildProcess
@@ -122,7 +125,7 @@ def _git(*args: str) -> str:
 
 def start(sup: Supervisor, tree: Tree, work: Path, timeout_s: float) -> Deployment:
     """Start `tree`'s vae service and gateway (metrics on; API keys where it has them)."""
-    port, metrics_port, gw_port, gw_metrics_port = free_ports(4)
+    port, metrics_port = free_ports(2)
     service = f"127.0.0.1:{port}"
     argv = python_module_command(
         "genserve.families",
@@ -130,23 +133,40 @@ def start(sup: Supervisor, tree: Tree, work: Path, timeout_s: float) -> Deployme
         *("--port", str(port), "--metrics-port", str(metrics_port)),
     )
     child = sup.start(f"vae {tree.label}", argv, health_target=service, env=tree.env)
-    gw_flags = ["--host", "127.0.0.1", "--port", str(gw_port), "--backend", service]
-    gw_flags += ["--metrics-port", str(gw_metrics_port)]
+    sup.wait_healthy(child, timeout_s)
+    return start_gateway(sup, tree, (child, service), tree.label, work, timeout_s)
+
+
+def start_gateway(
+    sup: Supervisor,
+    tree: Tree,
+    behind: tuple[ChildProcess, str],
+    label: str,
+    work: Path,
+    timeout_s: float,
+    *flags: str,
+) -> Deployment:
+    """`tree`'s gateway, with `flags`, in front of `behind` (a family service and its target)."""
+    service, service_target = behind
+    gw_port, gw_metrics_port = free_ports(2)
+    gw_flags = ["--host", "127.0.0.1", "--port", str(gw_port), "--backend", service_target]
+    gw_flags += ["--metrics-port", str(gw_metrics_port), *flags]
+    metadata: tuple[tuple[str, str], ...] = ()
     if tree.has_api_keys:
         keys = work / f"keys-{tree.label}.json"
         keys.write_text(json.dumps({"keys": [{"id": "bench", "sha256": hash_key(_API_KEY)}]}))
         gw_flags += ["--api-keys", str(keys)]
-    sup.wait_healthy(child, timeout_s)
+        metadata = (("authorization", f"Bearer {_API_KEY}"),)
     gateway = f"127.0.0.1:{gw_port}"
     gw = sup.start(
-        f"gateway {tree.label}",
+        f"gateway {label}",
         python_module_command("genserve.gateway", *gw_flags),
         health_target=gateway,
         env=tree.env,
     )
     sup.wait_healthy(gw, timeout_s)
-    metadata = (("authorization", f"Bearer {_API_KEY}"),) if tree.has_api_keys else ()
-    return Deployment(tree.label, child, service, gw, gateway, metadata)
+    paths = PATHS if label == tree.label else ("gateway",)
+    return Deployment(label, service, service_target, gw, gateway, metadata, paths)
 
 
 def start_bare_proxy(sup: Supervisor, behind: Deployment, timeout_s: float) -> Deployment:
@@ -217,8 +237,13 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     trees = [checkout(args.before), this_tree()]
     with Supervisor(log_dir=work) as sup:
         print(f"starting {len(trees)} family services and gateways (logs in {work})", flush=True)
-        deployments = [start(sup, tree, work, args.startup_timeout_s) for tree in trees]
-        deployments.append(start_bare_proxy(sup, deployments[-1], args.startup_timeout_s))
+        timeout_s = args.startup_timeout_s
+        deployments = [start(sup, tree, work, timeout_s) for tree in trees]
+        after = deployments[-1]
+        behind = (after.service, after.service_target)
+        no_relay = start_gateway(sup, trees[-1], behind, NO_RELAY, work, timeout_s, "--no-relay")
+        deployments.append(no_relay)
+        deployments.append(start_bare_proxy(sup, after, timeout_s))
         for deployment in deployments:
             for path in deployment.paths:
                 wait_for_model(deployment, path, args.model)

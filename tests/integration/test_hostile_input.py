@@ -177,6 +177,8 @@ def test_health_check_watch_and_list_on_both_process_kinds(tiny_repo, tmp_path):
             services = {"": SERVING, "genserve.v1.ModelService": SERVING, TINY: SERVING}
             if target == gateway:  # the gateway also speaks the Open Inference Protocol
                 services["inference.GRPCInferenceService"] = SERVING
+            else:  # a family service also takes the gateway's relayed calls
+                services["genserve.v1.RelayService"] = SERVING
             assert {n: s.status for n, s in statuses.items()} == services
         on_service = _health(service).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
         on_gateway = _health(gateway).Watch(health_pb2.HealthCheckRequest(service=TINY), timeout=60)

@@ -159,3 +159,19 @@ def test_failover_flags_reach_the_config() -> None:
     argv = ["--backend", "127.0.0.1:1", "--eject-after", "5", "--attempt-timeout-s", "2.5"]
     config = config_from(build_parser().parse_args(argv))
     assert config.pool.eject_after == 5 and config.forward.attempt_timeout_s == 2.5
+
+
+@pytest.mark.parametrize(
+    ("target", "relayed"),
+    [
+        ("127.0.0.1:50061", True),
+        ("vae.genserve.svc:50061", True),
+        ("[::1]:50061", True),
+        ("dns:///vae.genserve.svc:50061", False),  # many pods: gRPC balances per call
+        ("ipv4:10.0.0.1:50061,10.0.0.2:50061", False),
+        ("unix:///run/genserve.sock", False),
+    ],
+)
+def test_only_a_single_address_target_gets_a_relay_stream(target, relayed):
+    assert (BackendPool([target]).backends[0].relay is not None) is relayed
+    assert BackendPool([target], relay=False).backends[0].relay is None

@@ -97,7 +97,8 @@ class FakeContext:
 
 @pytest.fixture
 async def pool() -> AsyncIterator[BackendPool]:
-    pool = BackendPool(["127.0.0.1:1", "127.0.0.1:2"], PoolConfig(eject_after=3))
+    # The fake stubs take the calls as RPCs: no relay streams.
+    pool = BackendPool(["127.0.0.1:1", "127.0.0.1:2"], PoolConfig(eject_after=3), relay=False)
     tries = Tries()
     for backend in pool.backends:
         backend.stub = FakeStub(backend.target, tries)

@@ -164,6 +164,7 @@ async def run(config: FamilyConfig) -> None:
         ready=ready,
         cleanup=cleanup,
         model_health=lambda: dict.fromkeys(registry.names(), True),
+        relay=True,
     )
 
 

@@ -62,6 +62,8 @@ class GatewayConfig:
     """The API keys file; None lets every caller in."""
     api_keys_reload_s: float = 2.0
     """How often, at most, the keys file is looked at for changes."""
+    relay: bool = True
+    """Send unary calls to the backends over Relay streams (see `relay.py`)."""
     workers: int = 1
     """Processes sharing the port (see `workers.py`); 1 serves in this process."""
     worker_index: int | None = None
@@ -115,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_logging_flags(parser)
     add_limit_flags(parser)
     add_tls_flags(parser)
+    parser.add_argument(
+        "--no-relay",
+        dest="relay",
+        action="store_false",
+        help="send every unary call to the backends as an RPC of its own, not over a Relay "
+        "stream that carries many calls to a message",
+    )
     group = parser.add_argument_group("TLS to the backends")
     group.add_argument("--backend-tls-ca", type=Path, help="CA of the backends' certificates")
     group.add_argument("--backend-tls-cert", type=Path, help="the gateway's certificate (mTLS)")
@@ -151,6 +160,7 @@ def config_from(args: argparse.Namespace) -> GatewayConfig:
         backend_tls=_backend_tls(args),
         api_keys=_checked_keys_file(args.api_keys),
         api_keys_reload_s=args.api_keys_reload_s,
+        relay=args.relay,
         workers=args.workers,
         worker_index=args.worker_index,
     )
@@ -189,7 +199,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
 
 async def run(config: GatewayConfig) -> None:
     """Serve the gateway until SIGTERM."""
-    pool = BackendPool(list(config.targets), config.pool, config.backend_tls)
+    pool = BackendPool(list(config.targets), config.pool, config.backend_tls, relay=config.relay)
     interceptors = []
     if config.api_keys is not None:
         interceptors.append(AuthInterceptor(KeyStore(config.api_keys, config.api_keys_reload_s)))

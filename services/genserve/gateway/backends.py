@@ -28,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
+from genserve.gateway.relay import REQUEST_BUDGET_BYTES, RelayClient, RelayUnsupported
 from genserve.runtime import metrics
 from genserve.runtime.limits import grpc_ms
 from genserve.v1 import model_service_pb2 as pb
@@ -146,6 +148,29 @@ class Backend:
     """Failed health checks in a row."""
     call_failures: int = 0
     """Failed calls in a row since the last answer or admission."""
+    relay: RelayClient | None = None
+    """Unary calls go over this Relay stream where the backend has one; None: as RPCs."""
+
+    async def unary(self, method: str, request, *, timeout_s: float | None, metadata):
+        """One unary ModelService call: over the relay stream when there is one and the
+        request fits a relay message, else as a call of its own.
+
+        Raises:
+            grpc.aio.AioRpcError: as the unary call would.
+        """
+        if self.relay is not None and self.relay.supported:
+            body = request.SerializeToString()
+            if len(body) <= REQUEST_BUDGET_BYTES:
+                try:
+                    answer = await self.relay.call(
+                        method, body, timeout_s=timeout_s, metadata=metadata
+                    )
+                except RelayUnsupported:
+                    pass
+                else:
+                    return _RESPONSES[method].FromString(answer)
+        call = getattr(self.stub, method)
+        return await call(request, timeout=timeout_s, metadata=metadata)
 
     async def check(self, timeout_s: float) -> None:
         """Ask for the backend's models: admit it if it answers, count a failure if not."""
@@ -192,6 +217,19 @@ class Backend:
         self.healthy = True
 
 
+_ONE_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):[0-9]+")
+_RESPONSES = {
+    m: getattr(pb, f"{m}Response")
+    for m in ("DescribeModel", "Generate", "Encode", "Decode", "Reconstruct", "Complete")
+}
+"""The response message of each unary call the gateway forwards."""
+
+
+def _one_address(target: str) -> bool:
+    """Whether `target` is one host:port (no scheme, no address list)."""
+    return _ONE_ADDRESS.fullmatch(target) is not None
+
+
 class BackendPool:
     """Routes model names to healthy backends and keeps checking them.
 
@@ -201,11 +239,17 @@ class BackendPool:
     """
 
     def __init__(
-        self, targets: list[str], config: PoolConfig | None = None, tls: BackendTls | None = None
+        self,
+        targets: list[str],
+        config: PoolConfig | None = None,
+        tls: BackendTls | None = None,
+        *,
+        relay: bool = True,
     ) -> None:
         if not targets:
             raise ValueError("the gateway needs at least one backend target")
         self._config = config or PoolConfig()
+        self._relay = relay
         self._credentials = None if tls is None else tls.credentials()
         self.backends = [self._connect(t) for t in targets]
         self._tasks: list[asyncio.Task] = []
@@ -218,7 +262,10 @@ class BackendPool:
         else:
             channel = grpc.aio.secure_channel(target, self._credentials, options=options)
         stub = model_service_pb2_grpc.ModelServiceStub(channel)
-        return Backend(target, channel, stub, eject_after=self._config.eject_after)
+        # One stream rides one connection: a target that resolves to several
+        # addresses (dns:///, ipv4:a,b) keeps gRPC's per-call balancing instead.
+        relay = RelayClient(channel, target) if self._relay and _one_address(target) else None
+        return Backend(target, channel, stub, eject_after=self._config.eject_after, relay=relay)
 
     async def refresh(self) -> None:
         """Check every backend at once."""
@@ -245,6 +292,8 @@ class BackendPool:
         for task in self._tasks:
             task.cancel()
         for backend in self.backends:
+            if backend.relay is not None:
+                backend.relay.close()
             await backend.channel.close()
 
     def model_health(self) -> dict[str, bool]:

@@ -281,9 +281,10 @@ class Forwarder:
         tries = self._tries(model_name, context)
         while True:
             backend, timeout_s = tries.pick()
-            call = getattr(backend.stub, method)
             try:
-                response = await call(request, timeout=timeout_s, metadata=_metadata(context))
+                response = await backend.unary(
+                    method, request, timeout_s=timeout_s, metadata=_metadata(context)
+                )
             except grpc.aio.AioRpcError as exc:
                 await tries.failed(backend, exc)
             else:

@@ -163,6 +163,13 @@ BACKEND_REQUESTS = Counter(
     "Calls the gateway forwarded, by backend and status code.",
     ["backend", "code"],
 )
+RELAY_CALLS_PER_MESSAGE = Histogram(
+    "genserve_relay_calls_per_message",
+    "Calls carried by one Relay stream message, by direction: requests the gateway sent"
+    " (sent) or answers a family service returned (answered).",
+    ["direction"],
+    buckets=_BATCH_BUCKETS,
+)
 BACKEND_EJECTIONS = Counter(
     "genserve_gateway_backend_ejections_total",
     "Times the gateway took a backend out of routing, by reason: failed health checks"

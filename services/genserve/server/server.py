@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from genserve.runtime import memory, metrics
 from genserve.runtime.limits import Limits, limits_from, raise_fd_limit
 from genserve.server.interceptors import KnownModels, ServingInterceptor
+from genserve.server.relay import RelayServicer
 from genserve.v1 import model_service_pb2, model_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,7 @@ async def serve(
     model_health: ModelHealth | None = None,
     extra_services: Sequence[AddService] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    relay: bool = False,
 ) -> None:
     """Run a ModelService process until SIGTERM or SIGINT.
 
@@ -229,6 +231,8 @@ async def serve(
             with its own health status and reflection entry.
         interceptors: more interceptors, inside the serving one (which maps
             their errors to status codes and counts their refusals).
+        relay: serve RelayService too, which runs unary ModelService calls
+            carried many to a stream message (the gateway's way in).
     """
     options = [*config.limits.grpc_options(), *_TRANSPORT_OPTIONS]
     options.append(("grpc.so_reuseport", int(config.reuse_port)))
@@ -246,6 +250,9 @@ async def serve(
     interceptor = ServingInterceptor(known_models, config.limits)
     server = grpc.aio.server(interceptors=[interceptor, *interceptors], options=options)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(servicer, server)
+    relayed = RelayServicer(servicer, interceptor, config.limits) if relay else None
+    if relayed is not None:
+        extra_services = [*extra_services, relayed.add_to]
     services = ("", MODEL_SERVICE, *(add(server) for add in extra_services))
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -289,6 +296,8 @@ async def serve(
         if model_health is not None:
             syncing.cancel()
         await health_servicer.enter_graceful_shutdown()
+        if relayed is not None:
+            relayed.drain()
         await server.stop(config.grace_s)
     finally:
         trimming.cancel()

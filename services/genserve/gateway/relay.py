@@ -1,0 +1,217 @@
+"""The gateway's end of a Relay stream: unary calls to one backend, many to a message.
+
+A `RelayClient` keeps one RelayService stream open to its backend
+(`genserve.server.relay` is the other end). A call is queued; one writer task
+sends every call waiting as one RelayRequest, and one reader task hands each
+reply to the call it answers. Under load, many calls share each message, and
+a hop costs a fraction of the CPU of one gRPC call per request
+(docs/benchmarks.md, the front-door section).
+
+Failures look like the unary call's: a reply's status becomes the
+`grpc.aio.AioRpcError` the call would have raised, with its trailing
+metadata; a stream that breaks fails every call on it with UNAVAILABLE, which
+the forwarder may retry elsewhere (the next call opens a new stream); a call
+past its timeout is cancelled on the backend and fails DEADLINE_EXCEEDED; a
+call whose caller went away is cancelled on the backend. A backend without
+RelayService (UNIMPLEMENTED) is remembered, and its calls go as unary calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Sequence
+
+import grpc
+
+from genserve.runtime import metrics
+from genserve.v1 import relay_pb2, relay_pb2_grpc
+
+logger = logging.getLogger(__name__)
+_SENT = metrics.RELAY_CALLS_PER_MESSAGE.labels(direction="sent")
+
+REQUEST_BUDGET_BYTES = 1 << 20
+"""Calls share a message up to this many bytes. A bigger request goes as a unary call
+(a family service takes messages of 4 MiB at most)."""
+
+
+class RelayUnsupported(Exception):
+    """The backend has no RelayService; send the call as a unary call."""
+
+
+def _metadata(pairs: Sequence[tuple[str, str | bytes]]) -> list[relay_pb2.RelayMetadata]:
+    return [
+        relay_pb2.RelayMetadata(key=k, value=v if isinstance(v, bytes) else v.encode())
+        for k, v in pairs
+    ]
+
+
+def _error(reply: relay_pb2.RelayReply) -> grpc.aio.AioRpcError:
+    """The error the unary call would have raised."""
+    trailing = grpc.aio.Metadata(
+        *(
+            (m.key, m.value if m.key.endswith("-bin") else m.value.decode("utf-8", "replace"))
+            for m in reply.trailing_metadata
+        )
+    )
+    try:
+        code = next(c for c in grpc.StatusCode if c.value[0] == reply.code)
+    except StopIteration:
+        code = grpc.StatusCode.UNKNOWN
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, reply.message)
+
+
+def _unavailable(why: str) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), why
+    )
+
+
+class _Stream:
+    """One open Relay stream: its call, its unanswered calls and its two tasks."""
+
+    def __init__(self, stub: relay_pb2_grpc.RelayServiceStub, target: str) -> None:
+        self.call = stub.Relay()
+        self.target = target
+        self.pending: dict[int, asyncio.Future] = {}
+        self.outgoing: list[relay_pb2.RelayCall] = []
+        self.cancelled: list[int] = []
+        self.broken: grpc.aio.AioRpcError | None = None
+        self.unsupported = False
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write())
+        self._reader = asyncio.create_task(self._read())
+
+    def send(self, call: relay_pb2.RelayCall) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self.pending[call.id] = future
+        self.outgoing.append(call)
+        self._wake.set()
+        return future
+
+    def cancel(self, call_id: int) -> None:
+        if self.pending.pop(call_id, None) is not None and self.broken is None:
+            self.cancelled.append(call_id)
+            self._wake.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.outgoing or self.cancelled:
+                    calls, size = [], 0
+                    while self.outgoing and (
+                        not calls or size + self.outgoing[0].ByteSize() <= REQUEST_BUDGET_BYTES
+                    ):
+                        call = self.outgoing.pop(0)
+                        calls.append(call)
+                        size += call.ByteSize()
+                    ids, self.cancelled = self.cancelled, []
+                    _SENT.observe(len(calls))
+                    await self.call.write(relay_pb2.RelayRequest(calls=calls, cancelled_ids=ids))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            pass  # the reader sees why the stream ended and fails the calls
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                for reply in response.replies:
+                    future = self.pending.pop(reply.id, None)
+                    if future is not None and not future.done():
+                        future.set_result(reply)
+            self._break(_unavailable(f"relay stream to {self.target} ended"))
+        except grpc.aio.AioRpcError as exc:
+            self.unsupported = exc.code() == grpc.StatusCode.UNIMPLEMENTED
+            self._break(
+                _unavailable(f"relay stream to {self.target} broke: {exc.code().name}")
+                if not self.unsupported
+                else None
+            )
+        except asyncio.CancelledError:
+            self._break(_unavailable(f"relay stream to {self.target} closed"))
+            raise
+
+    def _break(self, error: grpc.aio.AioRpcError | None) -> None:
+        """Fail every unanswered call (with RelayUnsupported when `error` is None)."""
+        self.broken = error or _unavailable("no relay")
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error or RelayUnsupported())
+        self.pending.clear()
+        self._writer.cancel()
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self._writer.cancel()
+        self.call.cancel()
+
+
+class RelayClient:
+    """Unary calls to one backend over a Relay stream, opened when first needed.
+
+    Args:
+        channel: the backend's channel.
+        target: the backend's address, for messages.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, target: str) -> None:
+        self._stub = relay_pb2_grpc.RelayServiceStub(channel)
+        self._target = target
+        self._stream: _Stream | None = None
+        self._ids = itertools.count(1)
+        self.supported = True
+        """False once the backend answered that it has no RelayService."""
+
+    async def call(
+        self,
+        method: str,
+        request: bytes,
+        *,
+        timeout_s: float | None,
+        metadata: Sequence[tuple[str, str | bytes]],
+    ) -> bytes:
+        """Run a unary ModelService `method` with the serialized `request`; its response bytes.
+
+        Raises:
+            grpc.aio.AioRpcError: the call's status when not OK, as the unary call would.
+            RelayUnsupported: the backend has no RelayService (send it as a unary call).
+        """
+        stream = self._open()
+        call_id = next(self._ids)
+        call = relay_pb2.RelayCall(
+            id=call_id, method=method, request=request, metadata=_metadata(metadata),
+            timeout_s=timeout_s or 0.0,
+        )  # fmt: skip
+        future = stream.send(call)
+        try:
+            reply = await asyncio.wait_for(future, timeout_s) if timeout_s else await future
+        except asyncio.TimeoutError:
+            stream.cancel(call_id)
+            raise grpc.aio.AioRpcError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
+                "Deadline Exceeded",
+            ) from None
+        except asyncio.CancelledError:
+            stream.cancel(call_id)
+            raise
+        except RelayUnsupported:
+            self.supported = False
+            logger.info("%s has no RelayService; calling it unary", self._target)
+            raise
+        if reply.code:
+            raise _error(reply)
+        return reply.response
+
+    def _open(self) -> _Stream:
+        if self._stream is None or self._stream.broken is not None:
+            self._stream = _Stream(self._stub, self._target)
+        return self._stream
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None

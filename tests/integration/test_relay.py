@@ -1,0 +1,165 @@
+"""Relay streams from the gateway to a family service: calls answered as unary calls are,
+many to a message, hostile streams refused, and a backend without RelayService still served.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from genserve.client.tensors import from_numpy
+from genserve.runtime.errors import STATUS_DETAILS_KEY
+from genserve.runtime.supervisor import Supervisor
+from genserve.server.relay import MAX_CALLS_PER_MESSAGE
+from genserve.v1 import model_service_pb2 as pb
+from genserve.v1 import model_service_pb2_grpc, relay_pb2, relay_pb2_grpc
+
+from .conftest import TINY, Started, scrape, start, start_family, total
+
+pytestmark = pytest.mark.integration
+
+
+def _generate(target: str, **fields) -> pb.GenerateResponse:
+    with grpc.insecure_channel(target) as channel:
+        request = pb.GenerateRequest(model_name=TINY, **fields)
+        return model_service_pb2_grpc.ModelServiceStub(channel).Generate(request, timeout=30)
+
+
+def _refusal(target: str, **fields) -> tuple[grpc.StatusCode, str, list]:
+    """The code, message and field violations of a Generate that fails."""
+    with pytest.raises(grpc.RpcError) as refused:
+        _generate(target, **fields)
+    error = refused.value
+    violations = []
+    for key, value in error.trailing_metadata() or ():
+        if key == STATUS_DETAILS_KEY:
+            for detail in status_pb2.Status.FromString(value).details:
+                bad = error_details_pb2.BadRequest()
+                if detail.Unpack(bad):
+                    violations += [(v.field, v.description) for v in bad.field_violations]
+    return error.code(), error.details(), violations
+
+
+@pytest.fixture(scope="module")
+def gateways(tiny_repo, tmp_path_factory) -> Iterator[tuple[Started, Started, Started]]:
+    """A family service, a gateway that relays to it and one that does not."""
+    with Supervisor(log_dir=tmp_path_factory.mktemp("relay-logs"), grace_s=5) as sup:
+        family = start_family(sup, tiny_repo)
+        relaying = start(sup, "genserve.gateway", "--backend", family.target)
+        unary = start(sup, "genserve.gateway", "--backend", family.target, "--no-relay")
+        _generate(relaying.target, num_samples=1, seed=0)  # both have learnt the model
+        _generate(unary.target, num_samples=1, seed=0)
+        yield family, relaying, unary
+        assert not sup.exited(), sup.exited()
+
+
+def test_relayed_calls_answer_byte_for_byte_as_unary_calls(gateways):
+    family, relaying, unary = gateways
+    before = scrape(family.metrics)
+    for seed in range(8):
+        via_relay = _generate(relaying.target, num_samples=3, seed=seed)
+        as_rpc = _generate(unary.target, num_samples=3, seed=seed)
+        assert via_relay.images.tensor.data == as_rpc.images.tensor.data
+        assert via_relay.seed == as_rpc.seed == seed
+    # Errors come back the same: code, message and the field named in the details.
+    for fields in ({"num_samples": 0}, {"num_samples": 1, "class_labels": [99]}):
+        assert _refusal(relaying.target, **fields) == _refusal(unary.target, **fields)
+    code, _, violations = _refusal(relaying.target, num_samples=100_000)
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and violations[0][0] == "num_samples"
+    after = scrape(family.metrics)
+
+    def grew(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    # The family counts each relayed call under its own method, as an RPC of its own.
+    assert grew("genserve_requests_total", method="Generate", code="OK") == 16
+    assert grew("genserve_relay_calls_per_message_sum", direction="answered") == 8 + 3
+    relayed = scrape(relaying.metrics)
+    assert total(relayed, "genserve_relay_calls_per_message_sum", direction="sent") >= 11
+    assert total(scrape(unary.metrics), "genserve_relay_calls_per_message_sum") == 0
+
+
+def _relay(target: str, *messages: relay_pb2.RelayRequest) -> list[relay_pb2.RelayReply]:
+    """Send `messages` on one Relay stream; every reply, in arrival order."""
+    with grpc.insecure_channel(target) as channel:
+        stream = relay_pb2_grpc.RelayServiceStub(channel).Relay(iter(messages), timeout=30)
+        return [reply for response in stream for reply in response.replies]
+
+
+def _decode_call(call_id: int, **fields) -> relay_pb2.RelayCall:
+    request = pb.DecodeRequest(model_name=TINY, latents=from_numpy(np.zeros((1, 16), np.float32)))
+    fields.setdefault("request", request.SerializeToString())
+    return relay_pb2.RelayCall(id=call_id, method="Decode", **fields)
+
+
+def test_a_relay_stream_answers_every_call_and_refuses_what_it_must(gateways):
+    family, _, _ = gateways
+    junk = relay_pb2.RelayCall(id=3, method="Decode", request=b"\xff\xff\xff")
+    unknown = pb.DescribeModelRequest(model_name="no-such-model")
+    calls = [
+        _decode_call(1),
+        _decode_call(1),  # the same id while the first runs
+        relay_pb2.RelayCall(id=2, method="GenerateStream"),  # not a unary method
+        junk,
+        _decode_call(4, timeout_s=math.nan),  # no deadline, not an error
+        _decode_call(5, timeout_s=1e-9),  # over before it starts
+        relay_pb2.RelayCall(id=6, method="DescribeModel", request=unknown.SerializeToString()),
+    ]
+    replies = _relay(family.target, relay_pb2.RelayRequest(calls=calls))
+    codes = sorted((r.id, _code(r.code).name) for r in replies)
+    assert codes == [
+        (1, "INVALID_ARGUMENT"),
+        (1, "OK"),
+        (2, "UNIMPLEMENTED"),
+        (3, "INVALID_ARGUMENT"),
+        (4, "OK"),
+        (5, "DEADLINE_EXCEEDED"),
+        (6, "NOT_FOUND"),
+    ]
+    ok = next(r for r in replies if r.id == 4)
+    assert pb.DecodeResponse.FromString(ok.response).images.tensor.shape == [1, 1, 28, 28]
+    assert any(m.key == "x-request-id" for m in ok.trailing_metadata)
+
+
+def _code(value: int):
+    return next(c for c in grpc.StatusCode if c.value[0] == value)
+
+
+def test_a_relay_message_with_too_many_calls_ends_the_stream_invalid_argument(gateways):
+    family, _, _ = gateways
+    calls = [_decode_call(i) for i in range(MAX_CALLS_PER_MESSAGE + 1)]
+    with pytest.raises(grpc.RpcError) as refused:
+        _relay(family.target, relay_pb2.RelayRequest(calls=calls))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {MAX_CALLS_PER_MESSAGE}" in refused.value.details()
+    assert _relay(family.target, relay_pb2.RelayRequest(calls=[_decode_call(1)]))[0].code == 0
+
+
+def test_a_backend_without_relay_service_is_called_unary(gateways, tmp_path):
+    """A gateway in front of a gateway (which serves no RelayService) falls back to RPCs."""
+    _, relaying, _ = gateways
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        outer = start(sup, "genserve.gateway", "--backend", relaying.target)
+        first = _generate(outer.target, num_samples=2, seed=5)
+        again = _generate(outer.target, num_samples=2, seed=5)
+        assert first.images.tensor.data == again.images.tensor.data
+        assert total(scrape(outer.metrics), "genserve_relay_calls_per_message_sum") == 1
+
+
+def test_a_stopping_family_service_ends_its_relay_streams_instead_of_waiting_out_its_grace(
+    tiny_repo, tmp_path
+):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        family = start_family(sup, tiny_repo, "--grace-s", "120")
+        gateway = start(sup, "genserve.gateway", "--backend", family.target)
+        assert _generate(gateway.target, num_samples=1, seed=1).seed == 1  # a stream is open
+        assert total(scrape(family.metrics), "genserve_relay_calls_per_message_count") >= 1
+        family.child.popen.send_signal(signal.SIGTERM)
+        # An open stream would hold the server for its whole 120 s grace period.
+        assert family.child.popen.wait(timeout=60) == 0
