@@ -172,6 +172,6 @@ def test_failover_flags_reach_the_config() -> None:
         ("unix:///run/genserve.sock", False),
     ],
 )
-def test_only_a_single_address_target_gets_a_relay_stream(target, relayed):
+async def test_only_a_single_address_target_gets_a_relay_stream(target, relayed):
     assert (BackendPool([target]).backends[0].relay is not None) is relayed
     assert BackendPool([target], relay=False).backends[0].relay is None

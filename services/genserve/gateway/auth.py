@@ -340,7 +340,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
         def admit() -> ApiKey:
             key = store.authenticate(authorization)
-            metrics.KEY_REQUESTS.labels(key=key.id).inc()
+            metrics.child(metrics.KEY_REQUESTS, key.id).inc()
             store.take(key)
             # the call asks (x-priority, read by the serving interceptor); its key caps it
             priority_cap.set(key.level)

@@ -146,7 +146,7 @@ class _Tries:
         return backend, self._attempt_timeout_s if self._capped else remaining
 
     def succeeded(self, backend: Backend) -> None:
-        metrics.BACKEND_REQUESTS.labels(backend=backend.target, code="OK").inc()
+        metrics.child(metrics.BACKEND_REQUESTS, backend.target, "OK").inc()
         backend.answered()
 
     async def failed(
@@ -158,7 +158,7 @@ class _Tries:
             Forwarded: the backend's error, when no try follows.
         """
         code = exc.code()
-        metrics.BACKEND_REQUESTS.labels(backend=backend.target, code=code.name).inc()
+        metrics.child(metrics.BACKEND_REQUESTS, backend.target, code.name).inc()
         blamed = self._blame(backend, code)
         if not (blamed and may_retry and self._left > 0):
             raise _forwarded(exc) from None

@@ -28,8 +28,8 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -195,12 +195,12 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     @contextlib.asynccontextmanager
     async def _serving(self, call: _Call, request, context):
         """Around one RPC: request id, admission, in-flight gauge, error mapping, metrics."""
-        rid = self._limits.request_id(call.incoming.get(REQUEST_ID_KEY)) or uuid.uuid4().hex[:16]
+        rid = self._limits.request_id(call.incoming.get(REQUEST_ID_KEY)) or os.urandom(8).hex()
         request_id.set(rid)
         context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
         method, started, failed = call.method, time.monotonic(), None
         model = self._model_label(request)
-        in_flight = metrics.IN_FLIGHT.labels(method=method)
+        in_flight = metrics.child(metrics.IN_FLIGHT, method)
         in_flight.inc()
         self._active += 1
         try:
@@ -220,8 +220,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             in_flight.dec()
             code = _code_name(context, failed)
             failed = None  # the exception's traceback holds this frame: break the cycle
-            metrics.REQUESTS.labels(method=method, model=model, code=code).inc()
-            metrics.REQUEST_DURATION.labels(method=method, model=model).observe(
+            metrics.child(metrics.REQUESTS, method, model, code).inc()
+            metrics.child(metrics.REQUEST_DURATION, method, model).observe(
                 time.monotonic() - started
             )
 
