@@ -150,27 +150,37 @@ class Backend:
     """Failed calls in a row since the last answer or admission."""
     relay: RelayClient | None = None
     """Unary calls go over this Relay stream where the backend has one; None: as RPCs."""
+    in_flight: int = 0
+    """Unary calls forwarded here and not answered yet."""
 
     async def unary(self, method: str, request, *, timeout_s: float | None, metadata):
-        """One unary ModelService call: over the relay stream when there is one and the
-        request fits a relay message, else as a call of its own.
+        """One unary ModelService call: over the relay stream when other calls to this
+        backend are in flight and the request fits a relay message, else as an RPC.
+
+        A lone call goes as an RPC of its own: it has nothing to share a message
+        with, and one RPC costs less than a stream message each way.
 
         Raises:
             grpc.aio.AioRpcError: as the unary call would.
         """
-        if self.relay is not None and self.relay.supported:
-            body = request.SerializeToString()
-            if len(body) <= REQUEST_BUDGET_BYTES:
-                try:
-                    answer = await self.relay.call(
-                        method, body, timeout_s=timeout_s, metadata=metadata
-                    )
-                except RelayUnsupported:
-                    pass
-                else:
-                    return _RESPONSES[method].FromString(answer)
-        call = getattr(self.stub, method)
-        return await call(request, timeout=timeout_s, metadata=metadata)
+        busy = self.in_flight > 0
+        self.in_flight += 1
+        try:
+            if busy and self.relay is not None and self.relay.supported:
+                body = request.SerializeToString()
+                if len(body) <= REQUEST_BUDGET_BYTES:
+                    try:
+                        answer = await self.relay.call(
+                            method, body, timeout_s=timeout_s, metadata=metadata
+                        )
+                    except RelayUnsupported:
+                        pass
+                    else:
+                        return _RESPONSES[method].FromString(answer)
+            call = getattr(self.stub, method)
+            return await call(request, timeout=timeout_s, metadata=metadata)
+        finally:
+            self.in_flight -= 1
 
     async def check(self, timeout_s: float) -> None:
         """Ask for the backend's models: admit it if it answers, count a failure if not."""

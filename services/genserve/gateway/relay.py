@@ -1,7 +1,8 @@
 """The gateway's end of a Relay stream: unary calls to one backend, many to a message.
 
 A `RelayClient` keeps one RelayService stream open to its backend
-(`genserve.server.relay` is the other end). A call is queued; one writer task
+(`genserve.server.relay` is the other end); the backend sends a call over it
+when other calls are in flight (`Backend.unary`). A call is queued; one writer task
 sends every call waiting as one RelayRequest, and one reader task hands each
 reply to the call it answers. Under load, many calls share each message, and
 a hop costs a fraction of the CPU of one gRPC call per request
