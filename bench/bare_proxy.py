@@ -7,7 +7,10 @@ grpc.aio server (on uvloop when installed, as genserve's processes run) whose
 generic handler passes the request bytes to one backend channel and the
 response bytes back. `bench/front_door.py` measures it beside the gateway, so
 the gateway's CPU per call can be read against what the hop itself costs.
-Benchmarks only; never a way to serve.
+With `--stored`, each method's first answer is kept and every later call
+gets it back without reaching the backend: what receiving and answering a
+call costs a grpc.aio server, with no hop onwards. Benchmarks only; never a
+way to serve.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ def _same(data: bytes) -> bytes:
 class _Forward(grpc.GenericRpcHandler):
     """Every method becomes a unary call to the same method on the backend."""
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
+    def __init__(self, channel: grpc.aio.Channel, stored: bool) -> None:
         self._channel = channel
         self._calls: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
+        self._stored = stored
+        self._answers: dict[str, bytes] = {}
 
     def service(self, handler_call_details):
         method = handler_call_details.method
@@ -41,17 +46,22 @@ class _Forward(grpc.GenericRpcHandler):
             )
 
         async def forward(request: bytes, context) -> bytes:
-            return await call(request, timeout=30.0)
+            if method in self._answers:
+                return self._answers[method]
+            answer = await call(request, timeout=30.0)
+            if self._stored and "Health" not in method:
+                self._answers[method] = answer
+            return answer
 
         return grpc.unary_unary_rpc_method_handler(
             forward, request_deserializer=_same, response_serializer=_same
         )
 
 
-async def serve(port: int, backend: str) -> None:
+async def serve(port: int, backend: str, stored: bool) -> None:
     channel = grpc.aio.insecure_channel(backend)
     server = grpc.aio.server()
-    server.add_generic_rpc_handlers((_Forward(channel),))
+    server.add_generic_rpc_handlers((_Forward(channel, stored),))
     if server.add_insecure_port(f"127.0.0.1:{port}") == 0:
         raise OSError(f"cannot bind 127.0.0.1:{port}")
     await server.start()
@@ -67,8 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True, help="host:port of the backend")
+    parser.add_argument(
+        "--stored", action="store_true", help="answer each method with its first answer, kept"
+    )
     args = parser.parse_args()
-    run_process(serve(args.port, args.backend))
+    run_process(serve(args.port, args.backend, args.stored))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ vae-fashion at each concurrency, direct to the family service and through
 the gateway, the trees taking turns cell by cell and each round rotating who
 goes first. A bare proxy (`bench/bare_proxy.py`: bytes in, bytes out, nothing
 else) in front of the after tree's family service is measured beside the
-gateways: what one gRPC hop in Python costs with no work of genserve's in it;
+gateways: what one gRPC hop in Python costs with no work of genserve's in it
+(and, as "bare server", the same proxy answering from stored answers: what
+receiving and answering a call costs with no hop onwards);
 so is the after gateway with `--no-relay` (one RPC per forwarded call).
 
 A cell reports req/s and latency (its median round by req/s) and each
@@ -43,6 +45,8 @@ from genserve.gateway.auth import hash_key
 from genserve.runtime.supervisor import ChildProcess, Supervisor, free_ports, python_module_command
 
 PATHS = ("direct", "gateway")
+BARE_SERVER = "bare server"
+"""The bare proxy answering from stored answers: a gRPC server's own cost per call."""
 NO_RELAY = "after, no relay"
 """The after tree's gateway with --no-relay, in front of the after tree's family service."""
 _API_KEY = "front-door-benchmark-key"
@@ -169,18 +173,18 @@ def start_gateway(
     return Deployment(label, service, service_target, gw, gateway, metadata, paths)
 
 
-def start_bare_proxy(sup: Supervisor, behind: Deployment, timeout_s: float) -> Deployment:
-    """A bare proxy (bench/bare_proxy.py) in front of `behind`'s family service."""
+def start_bare_proxy(
+    sup: Supervisor, behind: Deployment, timeout_s: float, label: str, *flags: str
+) -> Deployment:
+    """A bare proxy (bench/bare_proxy.py, with `flags`) in front of `behind`'s family service."""
     (port,) = free_ports(1)
     argv = [sys.executable, str(Path(__file__).parent / "bare_proxy.py"), "--port", str(port)]
     target = f"127.0.0.1:{port}"
     proxy = sup.start(
-        "bare proxy", [*argv, "--backend", behind.service_target], health_target=target
+        label, [*argv, "--backend", behind.service_target, *flags], health_target=target
     )
     sup.wait_healthy(proxy, timeout_s)
-    return Deployment(
-        "bare proxy", behind.service, behind.service_target, proxy, target, (), ("gateway",)
-    )
+    return Deployment(label, behind.service, behind.service_target, proxy, target, (), ("gateway",))
 
 
 def measure_cell(
@@ -243,7 +247,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         behind = (after.service, after.service_target)
         no_relay = start_gateway(sup, trees[-1], behind, NO_RELAY, work, timeout_s, "--no-relay")
         deployments.append(no_relay)
-        deployments.append(start_bare_proxy(sup, after, timeout_s))
+        deployments.append(start_bare_proxy(sup, after, timeout_s, "bare proxy"))
+        deployments.append(start_bare_proxy(sup, after, timeout_s, BARE_SERVER, "--stored"))
         for deployment in deployments:
             for path in deployment.paths:
                 wait_for_model(deployment, path, args.model)

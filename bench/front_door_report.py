@@ -86,7 +86,7 @@ def render_cells(results: Results) -> str:
         "service CPU-ms/call", "gateway CPU-ms/call", "rounds' CPU-ms/call (service / gateway)",
         "errors",
     ]  # fmt: skip
-    order = {"before": 0, "after": 1, "after, no relay": 2, "bare proxy": 3}
+    order = {"before": 0, "after": 1, "after, no relay": 2, "bare proxy": 3, "bare server": 4}
     cells = sorted(
         results["cells"], key=lambda c: (c["path"], c["concurrency"], order.get(c["tree"], 2))
     )
@@ -127,7 +127,10 @@ def render_section(results: Results, reading: str) -> str:
   the before tree has none). **bare proxy**: `bench/bare_proxy.py` in front of the after
   tree's family service, a grpc.aio server whose one generic handler passes request and
   response bytes through unread (no routing, interceptor, metrics, auth or retries): the
-  floor of a Python gRPC hop on this machine. **after, no relay**: the after gateway with
+  floor of a Python gRPC hop on this machine. **bare server**: the same proxy with
+  `--stored`, answering every call with its method's first answer, kept: what receiving and
+  answering a call costs a grpc.aio server, with no hop onwards (its "service" column is
+  idle). **after, no relay**: the after gateway with
   `--no-relay` (each forwarded call an RPC of its own, not carried on a Relay stream), in
   front of the same family service.
 - CPU-ms per call: the process's own user+system CPU time (`/proc/<pid>/stat`, all
