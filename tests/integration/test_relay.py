@@ -21,7 +21,7 @@ from genserve.server.relay import MAX_CALLS_PER_MESSAGE
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc, relay_pb2, relay_pb2_grpc
 
-from .conftest import TINY, Started, scrape, start, start_family, total
+from .conftest import TINY, Started, scrape, start, start_family, total, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -179,3 +179,40 @@ def test_a_stopping_family_service_ends_its_relay_streams_instead_of_waiting_out
         family.child.popen.send_signal(signal.SIGTERM)
         # An open stream would hold the server for its whole 120 s grace period.
         assert family.child.popen.wait(timeout=60) == 0
+
+
+def test_a_caller_that_goes_away_cancels_its_relayed_call_on_the_backend(tiny_repo, tmp_path):
+    with Supervisor(log_dir=tmp_path, grace_s=5) as sup:
+        # Every batch waits 30 s for company: the calls stay in flight in the family.
+        family = start_family(sup, tiny_repo, "--max-queue-delay-ms", "30000", "--fixed-delay")
+        gateway = start(sup, "genserve.gateway", "--backend", family.target)
+
+        def in_flight() -> float:
+            samples = scrape(family.metrics)
+            return total(samples, "genserve_in_flight_requests", method="Generate")
+
+        def cancelled() -> float:
+            samples = scrape(family.metrics)
+            return total(samples, "genserve_requests_total", method="Generate", code="CANCELLED")
+
+        with grpc.insecure_channel(gateway.target) as channel:
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)
+            assert wait_for(lambda: _described(stub), timeout_s=30)
+            calls = []
+            for seed in (1, 2):  # the second meets the first in flight: it is relayed
+                request = pb.GenerateRequest(model_name=TINY, num_samples=1, seed=seed)
+                calls.append(stub.Generate.future(request, timeout=60))
+                assert wait_for(lambda n=seed: in_flight() == n, timeout_s=30)
+            for call in calls:
+                call.cancel()
+            # Both end in the family at once, the relayed one by its cancelled id.
+            assert wait_for(lambda: cancelled() == 2 and in_flight() == 0, timeout_s=20)
+        assert total(scrape(gateway.metrics), "genserve_relay_calls_per_message_sum") == 1
+
+
+def _described(stub) -> bool:
+    try:
+        stub.DescribeModel(pb.DescribeModelRequest(model_name=TINY), timeout=5)
+        return True
+    except grpc.RpcError:
+        return False
