@@ -39,7 +39,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from front_door_report import judge_goals, print_tables, write_section
 from loadgen import run_load
-from run_benchmarks import REPO, BenchError, describe_machine, relative, run_in_tempdir
+from run_benchmarks import (
+    REPO,
+    BenchError,
+    describe_machine,
+    relative,
+    run_in_tempdir,
+    wait_for_model,
+)
+from steploop import median_round
 
 from genserve.gateway.auth import hash_key
 from genserve.runtime.supervisor import ChildProcess, Supervisor, free_ports, python_module_command
@@ -221,14 +229,12 @@ def measure(deployments: Sequence[Deployment], args: argparse.Namespace) -> list
                     runs.setdefault(key, []).append(report)
     cells = []
     for (tree, path, concurrency), reports in runs.items():
-        median = sorted(reports, key=lambda r: r["requests_per_s"])[len(reports) // 2]
         cells.append(
             {
                 "tree": tree,
                 "path": path,
-                **median,
+                **median_round(reports, "requests_per_s"),
                 "concurrency": concurrency,
-                "rounds_requests_per_s": [r["requests_per_s"] for r in reports],
                 "rounds_cpu_ms_per_call": [r["cpu_ms_per_call"] for r in reports],
             }
         )
@@ -251,7 +257,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         deployments.append(start_bare_proxy(sup, after, timeout_s, BARE_SERVER, "--stored"))
         for deployment in deployments:
             for path in deployment.paths:
-                wait_for_model(deployment, path, args.model)
+                target = deployment.target(path)
+                wait_for_model(target, args.model, 30.0, metadata=deployment.metadata)
         cells = measure(deployments, args)
         machine = describe_machine(deployments[1].service.log_path)
     return {
@@ -271,24 +278,6 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "cells": cells,
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-
-
-def wait_for_model(deployment: Deployment, path: str, model: str, timeout_s: float = 30.0) -> None:
-    """Wait until `model` answers on `path`: a gateway learns its backend's models a moment
-    after it turns SERVING."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        report = run_load(
-            deployment.target(path), model, call="describe", requests=1,
-            metadata=deployment.metadata,
-        )  # fmt: skip
-        if report["ok"] == 1:
-            return
-        if time.monotonic() > deadline:
-            raise BenchError(
-                f"{deployment.label} {path} cannot describe {model}: {report['errors']}"
-            )
-        time.sleep(0.2)
 
 
 def command_line(args: argparse.Namespace) -> str:

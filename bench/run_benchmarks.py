@@ -101,11 +101,14 @@ def start_deployments(sup: Supervisor, models: Path, startup_timeout_s: float) -
     return deployments
 
 
-def wait_for_model(target: str, model: str, timeout_s: float) -> dict[str, Any]:
+def wait_for_model(
+    target: str, model: str, timeout_s: float, *, metadata: Sequence[tuple[str, str]] = ()
+) -> dict[str, Any]:
     """Wait until `target` can describe `model`; returns the model's config.
 
     A gateway is SERVING before it has learnt its backends' models, so the
-    first calls through it may answer NOT_FOUND for a moment.
+    first calls through it may answer NOT_FOUND for a moment. `metadata` goes
+    with every call (an API key, where the gateway checks keys).
     """
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(target) as channel:
@@ -113,7 +116,7 @@ def wait_for_model(target: str, model: str, timeout_s: float) -> dict[str, Any]:
         request = model_service_pb2.DescribeModelRequest(model_name=model)
         while True:
             try:
-                reply = stub.DescribeModel(request, timeout=5)
+                reply = stub.DescribeModel(request, timeout=5, metadata=tuple(metadata))
                 return json.loads(reply.config_json or "{}")
             except grpc.RpcError as exc:
                 if time.monotonic() >= deadline:

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +26,13 @@ class Certs:
     server_key: Path
     client_cert: Path
     client_key: Path
+
+    def credentials(self, client_cert: bool = False) -> grpc.ChannelCredentials:
+        """Channel credentials that trust the CA, presenting the client certificate
+        (mutual TLS) when asked."""
+        chain = self.client_cert.read_bytes() if client_cert else None
+        key = self.client_key.read_bytes() if client_cert else None
+        return grpc.ssl_channel_credentials(self.ca.read_bytes(), key, chain)
 
 
 def _name(common_name: str) -> x509.Name:

@@ -44,10 +44,7 @@ class FrontDoor:
     keys_file: Path
 
     def channel(self, target: str | None = None, client_cert: bool = False) -> grpc.Channel:
-        chain = self.certs.client_cert.read_bytes() if client_cert else None
-        key = self.certs.client_key.read_bytes() if client_cert else None
-        credentials = grpc.ssl_channel_credentials(self.certs.ca.read_bytes(), key, chain)
-        return grpc.secure_channel(target or self.gateway, credentials)
+        return grpc.secure_channel(target or self.gateway, self.certs.credentials(client_cert))
 
 
 def write_keys(path: Path, revoked: tuple[str, ...] = ()) -> None:

@@ -17,7 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from genserve.client.tensors import from_numpy
 from genserve.runtime.errors import STATUS_DETAILS_KEY
 from genserve.runtime.supervisor import Supervisor
-from genserve.server.relay import MAX_CALLS_PER_MESSAGE
+from genserve.server.relay import MAX_CALLS_PER_MESSAGE, status_code
 from genserve.v1 import model_service_pb2 as pb
 from genserve.v1 import model_service_pb2_grpc, relay_pb2, relay_pb2_grpc
 
@@ -127,7 +127,7 @@ def test_a_relay_stream_answers_every_call_and_refuses_what_it_must(gateways):
         relay_pb2.RelayCall(id=6, method="DescribeModel", request=unknown.SerializeToString()),
     ]
     replies = _relay(family.target, relay_pb2.RelayRequest(calls=calls))
-    codes = sorted((r.id, _code(r.code).name) for r in replies)
+    codes = sorted((r.id, status_code(r.code).name) for r in replies)
     assert codes == [
         (1, "INVALID_ARGUMENT"),
         (1, "OK"),
@@ -140,10 +140,6 @@ def test_a_relay_stream_answers_every_call_and_refuses_what_it_must(gateways):
     ok = next(r for r in replies if r.id == 4)
     assert pb.DecodeResponse.FromString(ok.response).images.tensor.shape == [1, 1, 28, 28]
     assert any(m.key == "x-request-id" for m in ok.trailing_metadata)
-
-
-def _code(value: int):
-    return next(c for c in grpc.StatusCode if c.value[0] == value)
 
 
 def test_a_relay_message_with_too_many_calls_ends_the_stream_invalid_argument(gateways):

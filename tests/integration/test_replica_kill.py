@@ -99,12 +99,7 @@ class Door:
         return f"{'localhost' if self.certs else '127.0.0.1'}:{port}"
 
     def credentials(self, client_cert: bool = False) -> grpc.ChannelCredentials | None:
-        if self.certs is None:
-            return None
-        c = self.certs
-        chain = c.client_cert.read_bytes() if client_cert else None
-        key = c.client_key.read_bytes() if client_cert else None
-        return grpc.ssl_channel_credentials(c.ca.read_bytes(), key, chain)
+        return None if self.certs is None else self.certs.credentials(client_cert)
 
     def channel(self, target: str, client_cert: bool = False) -> grpc.Channel:
         credentials = self.credentials(client_cert)

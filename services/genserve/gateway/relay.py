@@ -22,11 +22,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 import grpc
 
 from genserve.runtime import metrics
+from genserve.server.relay import metadata_entries, metadata_pairs, status_code, take_batch
 from genserve.v1 import relay_pb2, relay_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -41,32 +43,13 @@ class RelayUnsupported(Exception):
     """The backend has no RelayService; send the call as a unary call."""
 
 
-def _metadata(pairs: Sequence[tuple[str, str | bytes]]) -> list[relay_pb2.RelayMetadata]:
-    return [
-        relay_pb2.RelayMetadata(key=k, value=v if isinstance(v, bytes) else v.encode())
-        for k, v in pairs
-    ]
-
-
-def _error(reply: relay_pb2.RelayReply) -> grpc.aio.AioRpcError:
-    """The error the unary call would have raised."""
-    trailing = grpc.aio.Metadata(
-        *(
-            (m.key, m.value if m.key.endswith("-bin") else m.value.decode("utf-8", "replace"))
-            for m in reply.trailing_metadata
-        )
-    )
-    try:
-        code = next(c for c in grpc.StatusCode if c.value[0] == reply.code)
-    except StopIteration:
-        code = grpc.StatusCode.UNKNOWN
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, reply.message)
+def _error(code: grpc.StatusCode, details: str, trailing=()) -> grpc.aio.AioRpcError:
+    """The error a unary call that ended with `code` raises."""
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailing), details)
 
 
 def _unavailable(why: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), why
-    )
+    return _error(grpc.StatusCode.UNAVAILABLE, why)
 
 
 class _Stream:
@@ -76,10 +59,9 @@ class _Stream:
         self.call = stub.Relay()
         self.target = target
         self.pending: dict[int, asyncio.Future] = {}
-        self.outgoing: list[relay_pb2.RelayCall] = []
+        self.outgoing: deque[relay_pb2.RelayCall] = deque()
         self.cancelled: list[int] = []
         self.broken: grpc.aio.AioRpcError | None = None
-        self.unsupported = False
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write())
         self._reader = asyncio.create_task(self._read())
@@ -102,13 +84,7 @@ class _Stream:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.outgoing or self.cancelled:
-                    calls, size = [], 0
-                    while self.outgoing and (
-                        not calls or size + self.outgoing[0].ByteSize() <= REQUEST_BUDGET_BYTES
-                    ):
-                        call = self.outgoing.pop(0)
-                        calls.append(call)
-                        size += call.ByteSize()
+                    calls = take_batch(self.outgoing, REQUEST_BUDGET_BYTES) if self.outgoing else []
                     ids, self.cancelled = self.cancelled, []
                     _SENT.observe(len(calls))
                     await self.call.write(relay_pb2.RelayRequest(calls=calls, cancelled_ids=ids))
@@ -124,11 +100,11 @@ class _Stream:
                         future.set_result(reply)
             self._break(_unavailable(f"relay stream to {self.target} ended"))
         except grpc.aio.AioRpcError as exc:
-            self.unsupported = exc.code() == grpc.StatusCode.UNIMPLEMENTED
+            unsupported = exc.code() == grpc.StatusCode.UNIMPLEMENTED
             self._break(
-                _unavailable(f"relay stream to {self.target} broke: {exc.code().name}")
-                if not self.unsupported
-                else None
+                None
+                if unsupported
+                else _unavailable(f"relay stream to {self.target} broke: {exc.code().name}")
             )
         except asyncio.CancelledError:
             self._break(_unavailable(f"relay stream to {self.target} closed"))
@@ -182,7 +158,7 @@ class RelayClient:
         stream = self._open()
         call_id = next(self._ids)
         call = relay_pb2.RelayCall(
-            id=call_id, method=method, request=request, metadata=_metadata(metadata),
+            id=call_id, method=method, request=request, metadata=metadata_entries(metadata),
             timeout_s=timeout_s or 0.0,
         )  # fmt: skip
         future = stream.send(call)
@@ -190,12 +166,7 @@ class RelayClient:
             reply = await asyncio.wait_for(future, timeout_s) if timeout_s else await future
         except asyncio.TimeoutError:
             stream.cancel(call_id)
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.aio.Metadata(),
-                grpc.aio.Metadata(),
-                "Deadline Exceeded",
-            ) from None
+            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except asyncio.CancelledError:
             stream.cancel(call_id)
             raise
@@ -204,7 +175,8 @@ class RelayClient:
             logger.info("%s has no RelayService; calling it unary", self._target)
             raise
         if reply.code:
-            raise _error(reply)
+            trailing = metadata_pairs(reply.trailing_metadata)
+            raise _error(status_code(reply.code), reply.message, trailing)
         return reply.response
 
     def _open(self) -> _Stream:

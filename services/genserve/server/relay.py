@@ -124,30 +124,54 @@ class _Outbox:
             await self._ready.wait()
             self._ready.clear()
             while self._replies:
-                batch, size = [], 0
-                while self._replies and (
-                    not batch or size + self._replies[0].ByteSize() <= REPLY_BUDGET_BYTES
-                ):
-                    reply = self._replies.popleft()
-                    batch.append(reply)
-                    size += reply.ByteSize()
-                yield batch
+                yield take_batch(self._replies, REPLY_BUDGET_BYTES)
             if self._closed:
                 return
 
 
-def _entries(pairs) -> list[relay_pb2.RelayMetadata]:
+def take_batch(queue: deque, budget_bytes: int) -> list:
+    """Take messages from the front of `queue` while they fit in `budget_bytes` together;
+    the first is taken whatever its size, so a big one goes alone."""
+    batch = [queue.popleft()]
+    size = batch[0].ByteSize()
+    while queue and size + (following := queue[0].ByteSize()) <= budget_bytes:
+        batch.append(queue.popleft())
+        size += following
+    return batch
+
+
+def metadata_entries(pairs) -> list[relay_pb2.RelayMetadata]:
+    """gRPC metadata pairs as RelayMetadata entries (text values as UTF-8)."""
     return [
         relay_pb2.RelayMetadata(key=k, value=v if isinstance(v, bytes) else str(v).encode())
         for k, v in pairs
     ]
 
 
+def metadata_pairs(entries) -> tuple[tuple[str, str | bytes], ...]:
+    """RelayMetadata entries as gRPC metadata pairs: bytes for "-bin" keys, text otherwise."""
+    return tuple(
+        (m.key, m.value if m.key.endswith("-bin") else m.value.decode("utf-8", "replace"))
+        for m in entries
+    )
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The status code a reply's number stands for; UNKNOWN for a number gRPC has not."""
+    return _CODES.get(value, grpc.StatusCode.UNKNOWN)
+
+
 def _reply(
     call_id: int, code: grpc.StatusCode, message: str = "", trailing=()
 ) -> relay_pb2.RelayReply:
     return relay_pb2.RelayReply(
-        id=call_id, code=code.value[0], message=message, trailing_metadata=_entries(trailing)
+        id=call_id,
+        code=code.value[0],
+        message=message,
+        trailing_metadata=metadata_entries(trailing),
     )
 
 
@@ -257,10 +281,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         if handler is None:
             message = f"{call.method[:64]!r} is not a unary ModelService method"
             return _reply(call.id, grpc.StatusCode.UNIMPLEMENTED, message)
-        metadata = tuple(
-            (m.key, m.value if m.key.endswith("-bin") else m.value.decode("utf-8", "replace"))
-            for m in call.metadata[:MAX_METADATA]
-        )
+        metadata = metadata_pairs(call.metadata[:MAX_METADATA])
         details = _CallDetails(MODEL_SERVICE_PREFIX + call.method, metadata)
 
         async def continuation(_details):
@@ -279,5 +300,5 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
             return _reply(call.id, grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         body = served.response_serializer(response)
         return relay_pb2.RelayReply(
-            id=call.id, response=body, trailing_metadata=_entries(context.trailing)
+            id=call.id, response=body, trailing_metadata=metadata_entries(context.trailing)
         )
