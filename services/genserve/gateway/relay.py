@@ -40,7 +40,15 @@ REQUEST_BUDGET_BYTES = 1 << 20
 
 
 class RelayUnsupported(Exception):
-    """The backend has no RelayService; send the call as a unary call."""
+    """The stream could not carry the call: send it as an RPC of its own.
+
+    `permanent` when the backend has no RelayService at all; otherwise the
+    stream failed before it answered any call, and the next stream may do.
+    """
+
+    def __init__(self, permanent: bool) -> None:
+        super().__init__("the backend has no RelayService" if permanent else "no relay stream")
+        self.permanent = permanent
 
 
 def _error(code: grpc.StatusCode, details: str, trailing=()) -> grpc.aio.AioRpcError:
@@ -61,7 +69,9 @@ class _Stream:
         self.pending: dict[int, asyncio.Future] = {}
         self.outgoing: deque[relay_pb2.RelayCall] = deque()
         self.cancelled: list[int] = []
-        self.broken: grpc.aio.AioRpcError | None = None
+        self.broken: Exception | None = None
+        self.answered = False
+        """Whether any reply came back: a stream that fails before one carried nothing."""
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write())
         self._reader = asyncio.create_task(self._read())
@@ -79,6 +89,7 @@ class _Stream:
             self._wake.set()
 
     async def _write(self) -> None:
+        first = True
         try:
             while True:
                 await self._wake.wait()
@@ -88,34 +99,43 @@ class _Stream:
                     ids, self.cancelled = self.cancelled, []
                     _SENT.observe(len(calls))
                     await self.call.write(relay_pb2.RelayRequest(calls=calls, cancelled_ids=ids))
+                    if first:
+                        # A family service answers a new stream with its headers at once;
+                        # a backend without RelayService ends it (UNIMPLEMENTED). Writing
+                        # again on an ended call would turn its status into INTERNAL.
+                        first = False
+                        await self.call.initial_metadata()
+                        if self.call.done():
+                            return
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             pass  # the reader sees why the stream ended and fails the calls
 
     async def _read(self) -> None:
         try:
             async for response in self.call:
+                self.answered = True
                 for reply in response.replies:
                     future = self.pending.pop(reply.id, None)
                     if future is not None and not future.done():
                         future.set_result(reply)
             self._break(_unavailable(f"relay stream to {self.target} ended"))
         except grpc.aio.AioRpcError as exc:
-            unsupported = exc.code() == grpc.StatusCode.UNIMPLEMENTED
-            self._break(
-                None
-                if unsupported
-                else _unavailable(f"relay stream to {self.target} broke: {exc.code().name}")
-            )
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self._break(RelayUnsupported(permanent=True))
+            elif not self.answered:  # it carried nothing: its calls go as RPCs
+                self._break(RelayUnsupported(permanent=False))
+            else:
+                self._break(_unavailable(f"relay stream to {self.target} broke: {exc.code().name}"))
         except asyncio.CancelledError:
             self._break(_unavailable(f"relay stream to {self.target} closed"))
             raise
 
-    def _break(self, error: grpc.aio.AioRpcError | None) -> None:
-        """Fail every unanswered call (with RelayUnsupported when `error` is None)."""
-        self.broken = error or _unavailable("no relay")
+    def _break(self, error: Exception) -> None:
+        """Fail every unanswered call with `error`."""
+        self.broken = error
         for future in self.pending.values():
             if not future.done():
-                future.set_exception(error or RelayUnsupported())
+                future.set_exception(error)
         self.pending.clear()
         self._writer.cancel()
 
@@ -153,7 +173,7 @@ class RelayClient:
 
         Raises:
             grpc.aio.AioRpcError: the call's status when not OK, as the unary call would.
-            RelayUnsupported: the backend has no RelayService (send it as a unary call).
+            RelayUnsupported: the stream could not carry the call (send it as a unary call).
         """
         stream = self._open()
         call_id = next(self._ids)
@@ -170,9 +190,10 @@ class RelayClient:
         except asyncio.CancelledError:
             stream.cancel(call_id)
             raise
-        except RelayUnsupported:
-            self.supported = False
-            logger.info("%s has no RelayService; calling it unary", self._target)
+        except RelayUnsupported as exc:
+            if exc.permanent and self.supported:
+                self.supported = False
+                logger.info("%s has no RelayService; calling it unary", self._target)
             raise
         if reply.code:
             trailing = metadata_pairs(reply.trailing_metadata)

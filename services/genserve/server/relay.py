@@ -212,6 +212,7 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
         self._draining.set()
 
     async def Relay(self, request_iterator, context) -> AsyncIterator[relay_pb2.RelayResponse]:
+        await context.send_initial_metadata(())  # the gateway waits for these on a new stream
         outbox, running = _Outbox(), {}
         pump = asyncio.create_task(self._pump(request_iterator, running, outbox))
         try:
