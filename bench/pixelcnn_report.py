@@ -114,9 +114,10 @@ def render_section(results: dict[str, Any], reading: str) -> str:
 {quick_note(s)}
 The served fast sampler against the naive one, each in its own family service.
 
-- **fast**: `rows.onnx` (the vertical stack) once per row of a sample, `pixels.onnx`
-  (the one-row horizontal stack) once per pixel; **naive**: `pixelcnn.onnx`, the
-  whole network on the whole image, once per pixel ({s["pixels"]} calls per {side} image).
+- **fast**: `rows.onnx` (the vertical stack, on the rows above) once per row of a
+  sample, `pixels.onnx` (the horizontal stack, on the columns of the row that the pixel
+  depends on) once per pixel; **naive**: `pixelcnn.onnx`, the whole network on the
+  whole image, once per pixel ({s["pixels"]} calls per {side} image).
 - Model: `{s["model"]}` version {s["version"]}. The naive service serves a copy of that
   version folder with `params.sampler` set to "naive" (as `{s["model"]}-naive`); the
   graphs are the same files.

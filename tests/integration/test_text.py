@@ -12,6 +12,10 @@ input answers INVALID_ARGUMENT naming the field.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
+from typing import NamedTuple
 
 import grpc
 import pytest
@@ -27,16 +31,26 @@ EVAL_CHARS = 4000
 """Validation characters the tiny models are measured on."""
 LONGER_PROMPT = "Another, longer prompt to prefill.\n"
 CONTEXT = 1024
-"""The tiny GPT's context: long enough that a stream at its cap outlasts a cancel."""
+"""The tiny GPT's context, and the tokens of the stream the cancel test cancels."""
 CANCELLED_SAMPLES = 16
 """Samples of the cancelled stream: every step streams this many tokens."""
 TIMEOUT_S = 120
 FAMILIES = ("lstm", "gpt")
 
 
+class Deployment(NamedTuple):
+    target: str
+    """The gateway's."""
+    metrics: dict[str, str]
+    """Family -> its service's /metrics URL."""
+    gateway_metrics: str
+    pids: dict[str, int]
+    """Family -> its service's process id."""
+
+
 @pytest.fixture(scope="module")
-def deployment(tmp_path_factory):
-    """(gateway target, {family: its metrics URL})."""
+def deployment(tmp_path_factory) -> Deployment:
+    """Both tiny text models served, each by its family process, behind one gateway."""
     torch = pytest.importorskip("torch")
     from genserve.exporters import gpt, gpt_model, lstm, lstm_model, training
 
@@ -62,7 +76,12 @@ def deployment(tmp_path_factory):
         }
         backends = [arg for s in services.values() for arg in ("--backend", s.target)]
         gateway = start(sup, "genserve.gateway", *backends)
-        yield gateway.target, {family: s.metrics for family, s in services.items()}
+        yield Deployment(
+            gateway.target,
+            {family: s.metrics for family, s in services.items()},
+            gateway.metrics,
+            {family: s.child.pid for family, s in services.items()},
+        )
         assert not sup.exited(), f"a process died: {sup.exited()}"
 
 
@@ -80,7 +99,7 @@ async def _stub(target: str):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_text_is_the_same_alone_and_batched_with_others(deployment, family):
-    target, _ = deployment
+    target = deployment.target
 
     async def go():
         channel, stub = await _stub(target)
@@ -111,7 +130,7 @@ def test_a_text_is_the_same_alone_and_batched_with_others(deployment, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_stream_sends_text_first_and_a_stop_sequence_never(deployment, family):
-    target, _ = deployment
+    target = deployment.target
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(target))
     free = stub.Generate(request(family, 21, max_new_tokens=60), timeout=TIMEOUT_S).texts[0]
     stop = free[20:22]
@@ -128,16 +147,16 @@ def test_the_stream_sends_text_first_and_a_stop_sequence_never(deployment, famil
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_cancelled_stream_leaves_the_batch(deployment, family):
-    target, metrics = deployment
-    model = f"{family}-tiny"
+    metrics, model = deployment.metrics, f"{family}-tiny"
     before = total(scrape(metrics[family]), "genserve_texts_finished_total", reason="cancelled")
-    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(target))
-    # On a connected channel, 16 samples of about 1,000 tokens: 16,000 token events over
-    # 1,000 steps, far more than a cancel takes to arrive after the first one.
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(deployment.target))
     wanted = request(family, 31, CANCELLED_SAMPLES, max_new_tokens=CONTEXT - len(PROMPT))
     call = stub.GenerateStream(pb.GenerateStreamRequest(request=wanted), timeout=TIMEOUT_S)
     assert next(call).WhichOneof("event") == "token"
-    call.cancel()
+    with held(deployment.pids[family]):  # its 1,000 steps wait until the cancel is on its way
+        cancelled = gateway_cancels(deployment)
+        call.cancel()
+        assert wait_for(lambda: gateway_cancels(deployment) > cancelled), "no cancel passed on"
 
     def left() -> bool:
         samples = scrape(metrics[family])
@@ -149,6 +168,32 @@ def test_a_cancelled_stream_leaves_the_batch(deployment, family):
         samples = scrape(metrics[family])
         finished = total(samples, "genserve_texts_finished_total", model=model)
         raise AssertionError(f"the cancelled samples stayed: {before=}, {finished=} in all")
+
+    def routed() -> bool:  # the next tests go through the gateway to this service again
+        samples = scrape(deployment.gateway_metrics)
+        return total(samples, "genserve_gateway_backend_up") == len(FAMILIES)
+
+    assert wait_for(routed), "the gateway no longer routes to the held service"
+
+
+@contextlib.contextmanager
+def held(pid: int):
+    """Stop a process (SIGSTOP) for the block, then let it go on (SIGCONT).
+
+    Kept short: the gateway drops a backend that leaves its keepalive ping
+    unanswered for a second.
+    """
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def gateway_cancels(deployment: Deployment) -> float:
+    """GenerateStream calls the gateway has ended as CANCELLED: each cancelled its backend call."""
+    samples = scrape(deployment.gateway_metrics)
+    return total(samples, "genserve_requests_total", method="GenerateStream", code="CANCELLED")
 
 
 @pytest.mark.parametrize(
@@ -168,7 +213,7 @@ def test_a_cancelled_stream_leaves_the_batch(deployment, family):
 )
 @pytest.mark.parametrize("family", FAMILIES)
 def test_bad_input_names_its_field(deployment, family, fields, field):
-    target, _ = deployment
+    target = deployment.target
     stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(target))
     sampler = {k: v for k, v in fields.items() if k != "prompt"}
     with pytest.raises(grpc.RpcError) as caught:

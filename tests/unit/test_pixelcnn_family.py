@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 
 from genserve.exporters import pixelcnn, pixelcnn_model, training
 from genserve.families.pixelcnn import PixelCnnModel
+from genserve.runtime.errors import InvalidArgument
 from genserve.runtime.model import GenerateParams, LoadContext
 from genserve.runtime.repository import load_config
 from genserve.runtime.session import SessionOptions
@@ -118,3 +119,37 @@ async def test_the_stream_counts_every_pixel_and_previews_the_canvas(folders):
     np.testing.assert_array_equal(preview[..., :14, :], plain.images[..., :14, :])
     assert not preview[..., 14:, :].any(), "rows not drawn yet are blank in the preview"
     np.testing.assert_array_equal(events[-1].result.images, plain.images)
+
+
+async def test_a_version_exported_again_from_its_graph_s_weights_draws_the_same_images(folders):
+    source = folders[0]
+    again = pixelcnn.reexport(source, source.parent.parent, 2, "the test")
+    config = load_config(again)
+    assert config.card.extra["exported_from"] == {
+        "version": 1,
+        "weights": "read back from that version's pixelcnn.onnx",
+        "command": "the test",
+    }
+    assert config.card.metrics == load_config(source).card.metrics  # the same network
+    params = GenerateParams(2, seed=4, class_labels=np.array([6, 8]))
+    first, second = [await served(folder) for folder in (source, again)]
+    try:
+        want, got = await first.generate(params), await second.generate(params)
+    finally:
+        await first.close()
+        await second.close()
+    np.testing.assert_array_equal(got.images, want.images)
+
+
+def test_a_pixels_graph_of_another_format_is_refused_naming_the_graph(folders, tmp_path):
+    old = tmp_path / "pixelcnn-old" / "1"
+    shutil.copytree(folders[0], old)
+    config = json.loads((old / "config.json").read_text())
+    config["name"] = "pixelcnn-old"
+    (old / "pixels.onnx").write_bytes((old / "rows.onnx").read_bytes())  # inputs x, label, row
+    config["graphs"]["pixels"]["inputs"] = config["graphs"]["rows"]["inputs"]
+    config["graphs"]["pixels"]["outputs"] = config["graphs"]["rows"]["outputs"]
+    config["card"]["files"]["pixels.onnx"] = config["card"]["files"]["rows.onnx"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidArgument, match=r"graphs\.pixels: .*another format.*--reexport"):
+        PixelCnnModel(load_config(old), LoadContext(SessionOptions()))

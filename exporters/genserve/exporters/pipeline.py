@@ -45,6 +45,16 @@ from genserve.runtime.schema import Card, GraphSpec, ModelSpec
 logger = logging.getLogger(__name__)
 
 
+def framework_versions() -> dict[str, Any]:
+    """The card's record of what exported a model: torch's version and the ONNX opset."""
+    return {"torch": torch.__version__.split("+")[0], "onnx_opset": onnx_export.ONNX_OPSET}
+
+
+def dataset_name(dataset: str) -> str:
+    """A card's data set entry -> the data set's name, e.g. "Fashion-MNIST"."""
+    return dataset.split(",")[0].split(" (")[0]
+
+
 @dataclass(frozen=True)
 class Run:
     """One training run: its settings and data, as every hook sees them."""
@@ -76,7 +86,7 @@ class Run:
     @property
     def dataset_name(self) -> str:
         """The data set's name for a description, e.g. "Fashion-MNIST"."""
-        return self.dataset.split(",")[0].split(" (")[0]
+        return dataset_name(self.dataset)
 
     def check_classes(self, num_classes: int) -> None:
         """Raise ValueError unless a conditional model's class count is the data set's."""
@@ -252,10 +262,7 @@ class Exporter(abc.ABC):
                 final_losses=trained.final_losses,
                 parity=parity,
                 files=repository.file_records(folder, [g.file for g in graphs.values()]),
-                framework={
-                    "torch": torch.__version__.split("+")[0],
-                    "onnx_opset": onnx_export.ONNX_OPSET,
-                },
+                framework=framework_versions(),
                 created_utc=repository.utc_now_iso(),
             )
             spec = ModelSpec(

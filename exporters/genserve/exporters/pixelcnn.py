@@ -9,9 +9,15 @@ against the whole network, and writes ``<out>/<name>/<version>/``::
 
 - ``pixelcnn.onnx``: (x, label) -> logits (B, levels, 28, 28), the whole
   network; the naive sampler and the likelihood use it.
-- ``rows.onnx``: (x, label, row) -> links, once per row of the fast sampler, on
-  a window of ``rows_window`` rows ending at that row.
-- ``pixels.onnx``: (row, links, label) -> logits (B, levels, 28), once per pixel.
+- ``rows.onnx``: (x, label, row) -> links (B, layers * 2C, 1, 28), once per row
+  of the fast sampler, on the ``rows_window`` rows just above that row.
+- ``pixels.onnx``: (row, links) -> logits (B, levels, K), once per pixel, on a
+  window of K = ``columns_window`` columns of the row ending at that pixel.
+
+``--reexport FOLDER --version N`` writes version N from the weights of an
+existing version FOLDER (read back from its ``pixelcnn.onnx``) with this
+module's graphs, keeping that version's card: for when the graphs change and
+the network does not.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import numpy_helper
 
-from genserve.exporters import cli, onnx_export, pipeline, training
+from genserve.exporters import cli, onnx_export, pipeline, repository, training
 from genserve.exporters.pixelcnn_model import (
     PixelCnn,
     PixelCnnConfig,
@@ -35,7 +44,7 @@ from genserve.exporters.pixelcnn_model import (
 )
 from genserve.exporters.quality_report import Evaluation
 from genserve.exporters.vae import IMAGE_SHAPE
-from genserve.runtime.schema import GraphSpec, StepPolicy
+from genserve.runtime.schema import Card, GraphSpec, ModelSpec, StepPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +86,8 @@ def export_graphs(model: PixelCnn, folder: Path) -> tuple[dict[str, GraphSpec], 
     """Write the three graphs and check them; the graphs and parity records."""
     config = model.config
     height, width = IMAGE_SHAPE[1:]
-    links_shape = (config.layers, 2 * config.channels, width)
+    columns = columns_window(config)
+    links_channels = config.layers * 2 * config.channels
 
     def image(n: int, rng: np.random.Generator, rows: int = height) -> np.ndarray:
         levels = rng.integers(0, config.levels, (n, 1, rows, width))
@@ -91,11 +101,10 @@ def export_graphs(model: PixelCnn, folder: Path) -> tuple[dict[str, GraphSpec], 
             "x": image(n, rng), "label": label(n, rng)}),
         "rows": (RowLinks(model), ["x", "label", "row"], ["links"], lambda n, rng: {
             "x": image(n, rng, config.rows_window), "label": label(n, rng),
-            "row": rng.integers(0, config.rows_window, n, dtype=np.int64)}),
-        "pixels": (RowPixels(model), ["row", "links", "label"], ["logits"], lambda n, rng: {
-            "row": image(n, rng)[:, :, :1],
-            "links": rng.standard_normal((n, *links_shape), dtype=np.float32),
-            "label": label(n, rng)}),
+            "row": rng.integers(0, height, n, dtype=np.int64)}),
+        "pixels": (RowPixels(model), ["row", "links"], ["logits"], lambda n, rng: {
+            "row": image(n, rng)[:, :, :1, :columns],
+            "links": rng.standard_normal((n, links_channels, 1, columns), dtype=np.float32)}),
     }  # fmt: skip
     written, diffs = {}, {}
     for role, (module, inputs, outputs, make_inputs) in graphs.items():
@@ -119,10 +128,11 @@ def export_graphs(model: PixelCnn, folder: Path) -> tuple[dict[str, GraphSpec], 
 
 
 def fast_vs_whole(folder: Path, config: PixelCnnConfig, image, label) -> float:
-    """The largest gap between the fast pair's logits and the whole network's, every row.
+    """The largest gap between the fast pair's logits and the whole network's, every pixel.
 
-    Each row's links come from the window the served sampler gives them
-    (:func:`window_of`), so this checks the window is wide enough too.
+    Each row's links come from the rows above it that the served sampler
+    gives them (:func:`rows_above`), and each pixel's logits from its window of
+    columns (:func:`window_of`), so this checks both windows are wide enough too.
 
     Raises:
         onnx_export.ParityError: the gap is above :data:`FAST_ATOL`.
@@ -133,24 +143,40 @@ def fast_vs_whole(folder: Path, config: PixelCnnConfig, image, label) -> float:
     rng = np.random.default_rng(1)
     x, y = image(4, rng), label(4, rng)
     want = whole.run(None, {"x": x, "label": y})[0]  # (B, levels, H, W)
-    worst = 0.0
+    columns, worst = columns_window(config), 0.0
     for r in range(x.shape[2]):
-        start, row = window_of(r, config.rows_window)
-        window = x[:, :, start : start + config.rows_window]
-        places = np.full(len(x), row, np.int64)
-        (links,) = rows.run(None, {"x": window, "label": y, "row": places})
-        (got,) = pixels.run(None, {"row": x[:, :, r : r + 1], "links": links, "label": y})
-        worst = max(worst, float(np.abs(got - want[:, :, r]).max()))
+        above = rows_above(x, r, config.rows_window)
+        places = np.full(len(x), r, np.int64)
+        (links,) = rows.run(None, {"x": above, "label": y, "row": places})
+        for c in range(x.shape[3]):
+            first, column = window_of(c, columns)
+            span = slice(first, first + columns)
+            (got,) = pixels.run(None, {"row": x[:, :, r : r + 1, span], "links": links[..., span]})
+            worst = max(worst, float(np.abs(got[:, :, column] - want[:, :, r, c]).max()))
     if not worst <= FAST_ATOL:
         raise onnx_export.ParityError(f"fast graphs differ from the whole network by {worst:.3g}")
     logger.info("fast graphs match the whole network: max abs diff %.3g", worst)
     return worst
 
 
-def window_of(row: int, rows_window: int) -> tuple[int, int]:
-    """(first image row of the window for ``row``, ``row``'s place in it); as the service does."""
-    start = max(0, row - rows_window + 1)
-    return start, row - start
+def rows_above(x: np.ndarray, row: int, count: int) -> np.ndarray:
+    """Images x (B, 1, H, W) -> their ``count`` rows above ``row``, zeros above the image."""
+    padded = np.pad(x, ((0, 0), (0, 0), (count, 0), (0, 0)))
+    return padded[:, :, row : row + count]
+
+
+def window_of(index: int, window: int) -> tuple[int, int]:
+    """(first column of the window for column ``index``, ``index``'s place in it).
+
+    As the service does: the window ends at ``index``, or starts at the image's edge.
+    """
+    start = max(0, index - window + 1)
+    return start, index - start
+
+
+def columns_window(config: PixelCnnConfig) -> int:
+    """The columns ``pixels.onnx`` takes: the receptive field's, at most the image's width."""
+    return min(config.columns_window, IMAGE_SHAPE[2])
 
 
 class PixelCnnExporter(pipeline.Exporter):
@@ -204,34 +230,135 @@ class PixelCnnExporter(pipeline.Exporter):
         return export_graphs(model, folder)
 
     def description(self, model: PixelCnn, run: pipeline.Run) -> str:
-        config, count = model.config, sum(p.numel() for p in model.parameters())
-        return (
-            f"Class-conditional gated PixelCNN ({config.layers} layers, {config.channels} "
-            f"channels, {count:,} parameters) trained on {run.dataset_name}, intensities "
-            f"quantised to {config.levels} grey levels (level k is k / {config.levels - 1}); "
-            "bits/dim are of the quantised images. Sampled in raster order; the fast sampler "
-            "runs rows.onnx once per row and pixels.onnx once per pixel."
-        )
+        return describe(model, run.dataset_name)
+
+    def main(self, argv: list[str] | None = None) -> None:
+        """The command line; ``--reexport FOLDER`` exports an existing version's weights again."""
+        args = sys.argv[1:] if argv is None else argv
+        if "--reexport" not in args:
+            super().main(argv)
+            return
+        parser = argparse.ArgumentParser(prog=f"{PROG} --reexport")
+        parser.add_argument("--reexport", type=Path, required=True, help="a version folder")
+        parser.add_argument("--out", type=Path, default=Path("models"), help="repository root")
+        parser.add_argument("--version", type=int, required=True, help="the version to write")
+        parser.add_argument("--overwrite", action="store_true")
+        options = parser.parse_args(args)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        command = " ".join([PROG, *args])
+        try:
+            folder = reexport(
+                options.reexport, options.out, options.version, command, options.overwrite
+            )
+        except (OSError, ValueError) as e:
+            sys.exit(f"{PROG}: error: {e}")
+        print(folder)
 
     def sections(self, model: PixelCnn, run: pipeline.Run) -> dict:
-        config = model.config
-        return {
-            "stepping": StepPolicy(max_running=64, max_waiting=1024),
-            "max_num_samples": 64,
-            "params": {
-                "image_shape": list(IMAGE_SHAPE),
-                "network": dataclasses.asdict(config),
-                "levels": config.levels,
-                "rows_window": config.rows_window,
-                "sampler": "fast",
-            },
-            "labels": tuple(run.train.classes),
-        }
+        return {**sections_of(model.config), "labels": tuple(run.train.classes)}
+
+
+def describe(model: PixelCnn, dataset_name: str) -> str:
+    """The card's description of a PixelCNN trained on ``dataset_name``."""
+    config, count = model.config, sum(p.numel() for p in model.parameters())
+    return (
+        f"Class-conditional gated PixelCNN ({config.layers} layers, {config.channels} "
+        f"channels, {count:,} parameters) trained on {dataset_name}, intensities "
+        f"quantised to {config.levels} grey levels (level k is k / {config.levels - 1}); "
+        "bits/dim are of the quantised images. Sampled in raster order; the fast sampler "
+        "runs rows.onnx once per row and pixels.onnx once per pixel, on the "
+        f"{columns_window(config)} columns that pixel's logits depend on."
+    )
+
+
+def sections_of(config: PixelCnnConfig) -> dict:
+    """The config's family sections but the labels: step policy, sample cap, params."""
+    return {
+        "stepping": StepPolicy(max_running=64, max_waiting=1024),
+        "max_num_samples": 64,
+        "params": {
+            "image_shape": list(IMAGE_SHAPE),
+            "network": dataclasses.asdict(config),
+            "levels": config.levels,
+            "rows_window": config.rows_window,
+            "columns_window": columns_window(config),
+            "sampler": "fast",
+        },
+    }
 
 
 def load_checkpoint(path: Path) -> PixelCnn:
     """Rebuild the PixelCNN from :func:`training.save_checkpoint`'s file."""
     return training.load_checkpoint(path, PixelCnn, PixelCnnConfig)
+
+
+def load_version(folder: Path) -> tuple[PixelCnn, ModelSpec]:
+    """The network of an exported version, its weights read back from ``pixelcnn.onnx``.
+
+    Every weight is there but the last layer's vertical class embedding: that
+    layer's vertical output feeds nothing, so the export dropped it (it stays
+    as initialised, and nothing reads it).
+
+    Raises:
+        ValueError: the folder is not a PixelCNN version, or a weight is missing.
+    """
+    spec = repository.read_config(folder)
+    if spec.family != "pixelcnn" or "network" not in spec.params:
+        raise ValueError(f"{folder} is not a PixelCNN version (family {spec.family!r})")
+    model = PixelCnn(PixelCnnConfig(**spec.params["network"]))
+    wanted = model.state_dict()
+    weights = {
+        item.name: torch.from_numpy(numpy_helper.to_array(item).copy())
+        for item in onnx.load(folder / "pixelcnn.onnx").graph.initializer
+        if item.name in wanted
+    }
+    unused = {f"layers.{model.config.layers - 1}.v_class.weight"}
+    missing = set(model.load_state_dict(weights, strict=False).missing_keys) - unused
+    if missing:
+        raise ValueError(f"{folder / 'pixelcnn.onnx'} lacks weights: {', '.join(sorted(missing))}")
+    return model.eval(), spec
+
+
+def reexport(source: Path, out: Path, version: int, command: str, overwrite: bool = False) -> Path:
+    """Write ``version`` of the model in ``source`` from its weights, with this module's graphs.
+
+    The card is the source's (training, data, metrics), with the new graphs'
+    parity, files, versions and date, and an ``exported_from`` entry saying
+    where the weights came from and by which ``command``.
+
+    Returns:
+        The version folder written.
+    """
+    model, spec = load_version(source)
+    name = spec.name or source.parent.name
+    old = spec.card or Card()
+    with repository.staged_version(out, name, version, overwrite=overwrite) as folder:
+        graphs, parity = export_graphs(model, folder)
+        card = dataclasses.replace(
+            old,
+            description=describe(model, pipeline.dataset_name(old.dataset or "")),
+            parity=parity,
+            files=repository.file_records(folder, [g.file for g in graphs.values()]),
+            framework=pipeline.framework_versions(),
+            created_utc=repository.utc_now_iso(),
+            extra={
+                **old.extra,
+                "exported_from": {
+                    "version": int(source.name) if source.name.isdigit() else source.name,
+                    "weights": "read back from that version's pixelcnn.onnx",
+                    "command": command,
+                },
+            },
+        )
+        params = {**spec.params, **sections_of(model.config)["params"]}  # others stay
+        repository.write_config(
+            folder,
+            ModelSpec(
+                name=name, family=spec.family, graphs=graphs, card=card, labels=spec.labels,
+                stepping=spec.stepping, max_num_samples=spec.max_num_samples, params=params,
+            ),
+        )  # fmt: skip
+    return repository.version_dir(out, name, version)
 
 
 EXPORTER = PixelCnnExporter()

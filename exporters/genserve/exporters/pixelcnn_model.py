@@ -16,16 +16,19 @@ Convolutional Autoregressive Models", which caches per-layer activations):
 
 - :class:`RowLinks` runs the vertical stack once per row, on a window of
   the rows just above (as many as its receptive field reaches), and returns
-  what every layer's horizontal stack takes from it at that row (the
-  down-shifted vertical features through the link convolution). The vertical
-  stack at row r only sees rows above r, so these stay valid for the row.
-- :class:`RowPixels` runs the horizontal stack on one row (1 x W instead of
-  H x W) with those links, and returns the row's logits. Every horizontal
-  convolution is 1 x k, so a row's output never reads another row.
+  what every layer's horizontal stack takes from outside the row there: the
+  down-shifted vertical features through the link convolution, plus the
+  layer's class embedding. The vertical stack at row r only sees rows above
+  r, and the class is the sample's, so these stay valid for the whole row.
+- :class:`RowPixels` runs the horizontal stack on a window of one row's
+  columns (``columns_window`` of them, as many as its receptive field
+  reaches) with those links, and returns the window's logits. Every
+  horizontal convolution is 1 x k, so a pixel's output never reads another
+  row, and it reads only the columns of its window.
 
 Per image that is H calls of the vertical stack on a few rows and H * W
-calls of a one-row horizontal stack, instead of H * W calls of the whole
-network on every row.
+calls of a horizontal stack on a few columns, instead of H * W calls of the
+whole network on every row.
 """
 
 from __future__ import annotations
@@ -69,15 +72,26 @@ class PixelCnnConfig:
 
     @property
     def rows_window(self) -> int:
-        """Rows :class:`RowLinks` reads: the vertical receptive field plus the row itself.
+        """Rows :class:`RowLinks` reads: the vertical receptive field, the rows just above.
 
-        The links of row r depend on rows r - reach .. r - 1 only, so a window
-        of rows max(0, r - reach) .. that + reach gives them exactly: where the
-        window's top is not the image's, the zero padding it brings in never
-        reaches row r.
+        The links of row r depend on rows r - reach .. r - 1 only: the first
+        layer reads ``first_kernel // 2`` rows above the row it computes, each
+        later one ``kernel // 2`` more, and the links read the row above.
         """
-        reach = self.first_kernel // 2 + (self.layers - 1) * (self.kernel // 2) + 1
-        return reach + 1
+        return self.first_kernel // 2 + (self.layers - 1) * (self.kernel // 2) + 1
+
+    @property
+    def columns_window(self) -> int:
+        """Columns :class:`RowPixels` reads: the horizontal receptive field, the column included.
+
+        Column c's logits depend on columns c - reach + 1 .. c of its row
+        only (the first layer reads ``first_kernel // 2`` columns to the
+        left, each later one ``kernel // 2`` more), so a window of columns
+        max(0, c - reach + 1) .. that + reach - 1 gives them exactly: the zero
+        padding a window brings in at its left, at every layer, reaches no
+        further right than column c - 1.
+        """
+        return self.first_kernel // 2 + (self.layers - 1) * (self.kernel // 2) + 1
 
 
 def quantise(images: torch.Tensor, levels: int) -> torch.Tensor:
@@ -115,14 +129,17 @@ class GatedLayer(nn.Module):
         shifted = F.pad(pre, (0, 0, 1, 0))[:, :, :-1]  # (B, 2C, H, W), row 0 all zeros
         return self.link(shifted)
 
-    def horizontal_out(self, h: torch.Tensor, link: torch.Tensor, label: torch.Tensor):
+    def conditioning(self, link: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """What the horizontal stack adds from outside its row: the link and the class."""
+        return link + self.h_class(label)[:, :, None, None]
+
+    def horizontal_out(self, h: torch.Tensor, conditioning: torch.Tensor) -> torch.Tensor:
         """The horizontal stack on any number of rows; column c sees columns <= c (< c first)."""
         if self.first:  # columns c - k//2 .. c - 1
             pre = self.horizontal(F.pad(h, (self.half, 0)))[..., :-1]
         else:  # columns c - k//2 .. c
             pre = self.horizontal(F.pad(h, (self.half, 0)))
-        out = gate(pre + link + self.h_class(label)[:, :, None, None])
-        out = self.residual(out)
+        out = self.residual(gate(pre + conditioning))
         return out if self.first else h + out
 
 
@@ -153,35 +170,38 @@ class PixelCnn(nn.Module):
             nn.ReLU(), nn.Conv2d(c, c, 1), nn.ReLU(), nn.Conv2d(c, config.levels, 1)
         )
 
-    def vertical_links(self, x: torch.Tensor, label: torch.Tensor) -> list[torch.Tensor]:
-        """Every layer's links for every row: a list of (B, 2C, H, W)."""
-        links, v = [], x
+    def conditionings(self, x: torch.Tensor, label: torch.Tensor) -> list[torch.Tensor]:
+        """Every layer's conditioning of the horizontal stack at every row: (B, 2C, H, W) each."""
+        out, v = [], x
         for layer in self.layers:
             pre = layer.vertical_pre(v)
-            links.append(layer.links(pre))
+            out.append(layer.conditioning(layer.links(pre), label))
             v = layer.vertical_out(pre, label)
-        return links
+        return out
 
-    def horizontal(
-        self, x: torch.Tensor, links: list[torch.Tensor], label: torch.Tensor
-    ) -> torch.Tensor:
+    def horizontal(self, x: torch.Tensor, conditionings: list[torch.Tensor]) -> torch.Tensor:
         """The horizontal stack and head on rows x (B, 1, R, W) -> logits (B, levels, R, W)."""
         h = x
-        for layer, link in zip(self.layers, links, strict=True):
-            h = layer.horizontal_out(h, link, label)
+        for layer, conditioning in zip(self.layers, conditionings, strict=True):
+            h = layer.horizontal_out(h, conditioning)
         return self.head(h)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return self.horizontal(x, self.vertical_links(x, label), label)
+        return self.horizontal(x, self.conditionings(x, label))
 
 
 class RowLinks(nn.Module):
     """The fast sampler's once-per-row graph.
 
-    x (B, 1, R, W), a window of R = ``rows_window`` image rows, label (B,), row
-    (B,) int64, the row of the window to give -> links (B, layers, 2C, W):
-    every layer's links at each sequence's own row. Rows at and below ``row``
-    may hold anything: the vertical stack never lets them reach that row.
+    x (B, 1, R, W), the R = ``rows_window`` image rows just above the row
+    (rows above the image may hold anything), label (B,), row (B,) int64, the
+    image row -> links (B, layers * 2C, 1, W): every layer's conditioning at
+    that row, the layers' channels one after another, as a one-row feature map.
+
+    Each layer computes only the rows the next one reads, ending at the row
+    above (the first layer ``layers`` rows, the last one row), where the whole
+    network computes every row of the image; the rows above the image are
+    zeroed at every layer, as the whole network's zero padding makes them.
     """
 
     def __init__(self, model: PixelCnn) -> None:
@@ -190,25 +210,35 @@ class RowLinks(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         height = x.shape[2]
-        pick = F.one_hot(row, height).to(x.dtype)  # (B, H): exact, the other rows add zeros
-        links = torch.stack(self.model.vertical_links(x, label), dim=1)  # (B, L, 2C, H, W)
-        return torch.einsum("blchw,bh->blcw", links, pick)
+        image_rows = row[:, None] - height + torch.arange(height, device=x.device)  # (B, R)
+        inside = (image_rows >= 0).to(x.dtype)[:, None, :, None]  # (B, 1, R, 1)
+        out, v = [], x * inside
+        for layer in self.model.layers:
+            pre = layer.vertical(F.pad(v, (layer.half, layer.half)))  # `half` fewer rows, same last
+            inside = inside[:, :, layer.half :]
+            above = pre[:, :, -1:] * inside[:, :, -1:]  # the row above: zeros above the image
+            out.append(layer.conditioning(layer.link(above), label))
+            v = layer.vertical_out(pre, label) * inside
+        return torch.cat(out, dim=1)
 
 
 class RowPixels(nn.Module):
     """The fast sampler's once-per-pixel graph.
 
-    row (B, 1, 1, W) the current row's pixels so far (the rest may hold
-    anything), links (B, layers, 2C, W), label (B,) -> logits (B, levels, W).
+    row (B, 1, 1, K), a window of K = ``columns_window`` columns of the current
+    row (pixels at and right of the one to draw may hold anything), links
+    (B, layers * 2C, 1, K), the same columns of the row's links -> logits
+    (B, levels, K); a window's last column is exact wherever it starts, and
+    so is every column of a window that starts at the image's left edge.
     """
 
     def __init__(self, model: PixelCnn) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, row: torch.Tensor, links: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        per_layer = [link[:, :, None, :] for link in links.unbind(dim=1)]  # (B, 2C, 1, W) each
-        return self.model.horizontal(row, per_layer, label)[:, :, 0]
+    def forward(self, row: torch.Tensor, links: torch.Tensor) -> torch.Tensor:
+        per_layer = links.chunk(len(self.model.layers), dim=1)  # (B, 2C, 1, K) each
+        return self.model.horizontal(row, list(per_layer))[:, :, 0]
 
 
 def nll_bits_per_dim(model: PixelCnn, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
